@@ -1,0 +1,83 @@
+"""Loaded models: compiled inference entry points around the Flax networks."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from superanimal_jax import model_dir
+from superanimal_jax.pose import (POSE_VARIANTS, PoseConfig, PoseNetwork, decode_heatmaps,
+                                  variables_shape)
+
+
+class PoseEstimator:
+    """The pose network with its weights.
+
+    ``crops``: float32 ``(N, H, W, 3)`` RGB, normalised as DeepLabCut normalises crops
+    (:func:`superanimal_jax.normalize_crops` on uint8), H and W multiples of 32 (256x256 for
+    SuperAnimal). Each input shape compiles once; repeated shapes reuse the compiled code.
+    """
+
+    def __init__(self, config: PoseConfig, variables, *, keypoint_names=None, dtype=jnp.float32):
+        self.config = config
+        self.keypoint_names = tuple(keypoint_names or ())
+        self.network = PoseNetwork(config, dtype=dtype)
+        self.variables = jax.device_put(variables)
+        self._taps = jax.jit(self.network.apply)
+        self._heatmaps = jax.jit(lambda v, x: self.network.apply(v, x)['heatmaps'])
+        self._keypoints = jax.jit(
+            lambda v, x: decode_heatmaps(self.network.apply(v, x)['heatmaps'], config.stride))
+
+    def _check(self, crops):
+        shape, dtype = np.shape(crops), getattr(crops, 'dtype', None)
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(f'crops must be (N, H, W, 3) RGB, got shape {shape}')
+        if shape[1] % 32 or shape[2] % 32:
+            raise ValueError(f'crop height and width must be multiples of 32, got {shape[1:3]}')
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f'crops must be normalised floats, got {dtype}: pass uint8 crops through '
+                             'superanimal_jax.normalize_crops first')
+        return crops
+
+    def heatmaps(self, crops) -> jax.Array:
+        """Raw heatmaps ``(N, H/4, W/4, K)``."""
+        return self._heatmaps(self.variables, self._check(crops))
+
+    def keypoints(self, crops) -> jax.Array:
+        """``(N, K, 3)``: x, y in crop pixels (cell centres ``4k + 2``) and score in [0, 1]."""
+        return self._keypoints(self.variables, self._check(crops))
+
+    def taps(self, crops) -> dict:
+        """Every named intermediate output (stem, layer1, stage branches, features, heatmaps)."""
+        return self._taps(self.variables, self._check(crops))
+
+
+@dataclasses.dataclass
+class SuperAnimalModel:
+    """A converted model directory, loaded: ``model.pose`` (and later ``model.detector``)."""
+
+    pose: PoseEstimator | None
+    metadata: dict
+
+    @property
+    def keypoint_names(self) -> tuple[str, ...]:
+        return self.pose.keypoint_names if self.pose else ()
+
+
+def load(path: str | os.PathLike, *, dtype=jnp.float32) -> SuperAnimalModel:
+    """Load a directory written by :func:`superanimal_jax.convert`."""
+    metadata = model_dir.read_metadata(path)
+    pose = None
+    if 'pose' in metadata:
+        section = metadata['pose']
+        variant = section.get('variant')
+        if variant not in POSE_VARIANTS:
+            raise model_dir.ModelDirError(f'{path}: unknown pose variant {variant!r}')
+        config = POSE_VARIANTS[variant]
+        variables = model_dir.read_variables(path, 'pose', variables_shape(config))
+        pose = PoseEstimator(config, variables, keypoint_names=section.get('keypoints'), dtype=dtype)
+    return SuperAnimalModel(pose=pose, metadata=metadata)

@@ -1,0 +1,105 @@
+"""Deterministic synthetic weights in the released file layouts, for parity testing.
+
+The real SuperAnimal weights cannot be downloaded on our machines, so parity is proven with
+weights generated here from a seed, written in both released formats and run through the real
+DeepLabCut code (``convert/make_pose_fixtures.py``).  Every tensor is drawn from its own stream
+(seed, crc32 of its key), so the result does not depend on key order and any subset can be
+regenerated.  BatchNorm statistics and the head's scale are calibrated on real frames in the
+reference environment and passed in (they are small and committed as fixtures).
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+SEED_HEAD = 'heads.bodypart.heatmap_head.model.'  # Head name in the seed's pose_model.pth.
+DLC3_HEAD = 'heads.bodypart.heatmap_head.deconv_layers.'
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(key.encode())])
+
+
+def synthetic_tensor(key: str, shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
+    """One well-conditioned tensor, chosen by what the key names."""
+    rng = _rng(seed, key)
+    leaf = key.rsplit('.', 1)[-1]
+    if dtype == 'int64':
+        return np.zeros(shape, np.int64)  # num_batches_tracked
+    if leaf == 'running_mean':
+        return np.zeros(shape, np.float32)
+    if leaf == 'running_var':
+        return np.ones(shape, np.float32)
+    if 'heatmap_head' in key:
+        scale = 0.05 if leaf == 'weight' else 0.02
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+    if len(shape) == 4:  # Conv kernels: He (fan-in) scaling.
+        fan_in = int(np.prod(shape[1:]))
+        return (np.sqrt(2.0 / fan_in) * rng.standard_normal(shape)).astype(np.float32)
+    if len(shape) == 2:  # Linear (timm classifier, seed file only).
+        return (0.01 * rng.standard_normal(shape)).astype(np.float32)
+    if leaf == 'weight':  # BatchNorm scale.
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    return (0.2 * rng.standard_normal(shape)).astype(np.float32)  # Biases.
+
+
+def synthetic_state_dict(manifest: Iterable[tuple[str, tuple[int, ...], str]], *, seed: int = 0,
+                         overrides: Mapping[str, np.ndarray] | None = None,
+                         head_gain: float = 1.0) -> dict[str, np.ndarray]:
+    """A state dict for ``manifest`` entries (key, shape, dtype), in manifest order.
+
+    ``overrides`` replaces tensors by key (calibrated BatchNorm statistics); ``head_gain``
+    multiplies the head kernel (float32), calibrated so heatmap maxima spread over [0, 1].
+    """
+    overrides = overrides or {}
+    state = {}
+    for key, shape, dtype in manifest:
+        value = overrides.get(key)
+        if value is None:
+            value = synthetic_tensor(key, tuple(shape), dtype, seed)
+            if 'heatmap_head' in key and key.endswith('.weight'):
+                value = value * np.float32(head_gain)
+        state[key] = np.asarray(value).reshape(shape)
+    return state
+
+
+def random_crops(shape: tuple[int, int], index: int, seed: int = 0) -> np.ndarray:
+    """A reproducible standard-normal input batch ``(1, H, W, 3)`` float32."""
+    return np.random.default_rng([seed, 7, index]).standard_normal((1, *shape, 3)).astype(np.float32)
+
+
+def to_seed_layout(state: Mapping[str, np.ndarray],
+                   extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """DeepLabCut 3 key names -> the seed file's legacy head names, plus timm classifier tensors."""
+    out = {k.replace(DLC3_HEAD, SEED_HEAD): v for k, v in state.items()}
+    out.update(extra or {})
+    return out
+
+
+def write_pose_checkpoints(state: Mapping[str, np.ndarray], directory: str | Path, *,
+                           seed_extra: Mapping[str, np.ndarray] | None = None) -> dict[str, Path]:
+    """Write ``state`` (DeepLabCut 3 names) in both released formats with ``torch.save``.
+
+    Returns the paths of ``pose_model.pth`` (seed layout) and
+    ``superanimal_topviewmouse_hrnet_w32.pt`` (DeepLabCut 3 snapshot layout).
+    """
+    import collections
+
+    import torch
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def tensors(d):
+        return collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in d.items())
+
+    paths = {'seed': directory / 'pose_model.pth',
+             'dlc3': directory / 'superanimal_topviewmouse_hrnet_w32.pt'}
+    torch.save({'model_state_dict': tensors(to_seed_layout(state, seed_extra))}, paths['seed'])
+    torch.save({'model': tensors(state), 'metadata': {'epoch': 200, 'metrics': {}, 'losses': {}}},
+               paths['dlc3'])
+    return paths
