@@ -1,0 +1,172 @@
+"""The pose converter: released formats, the exactly-once table, safe loading, model directories."""
+
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import superanimal_jax
+from superanimal_jax import cli
+from superanimal_jax.conversion import ConversionError, convert_state_dict, flatten
+from superanimal_jax.converter import convert_pose_file, pose_rules, sha256
+from superanimal_jax.pose import POSE_VARIANTS, variables_shape
+from superanimal_jax.torch_file import CheckpointError, UnsafeCheckpointError
+
+W32 = POSE_VARIANTS['hrnet_w32']
+
+
+def convert_in_memory(state):
+    ignore, rules = pose_rules(W32)
+    return convert_state_dict(state, rules, ignore, variables_shape(W32), source='test')
+
+
+def save(tmp_path, obj, name='weights.pt'):
+    path = tmp_path / name
+    torch.save(obj, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def converted(pose_checkpoints):
+    return {fmt: convert_pose_file(path) for fmt, path in pose_checkpoints.items()}
+
+
+def test_seed_and_dlc3_formats_give_identical_params(converted, pose_manifest):
+    seed, dlc3 = flatten(converted['seed'][0]), flatten(converted['dlc3'][0])
+    assert seed.keys() == dlc3.keys()
+    for path in seed:
+        np.testing.assert_array_equal(seed[path], dlc3[path], err_msg=path)
+    # The seed file really is the legacy layout the reference recorded.
+    ignored = {i['reason']: i['count'] for i in converted['seed'][1]['source']['ignored']}
+    assert any('classification head' in r for r in ignored)
+    assert sum(ignored.values()) + converted['seed'][1]['source']['loaded'] == len(pose_manifest['seed_keys'])
+
+
+def test_values_land_where_the_rules_say(converted, pose_state):
+    variables = converted['dlc3'][0]
+    conv = pose_state['backbone.model.stage3.3.fuse_layers.2.0.1.0.weight']
+    np.testing.assert_array_equal(
+        variables['params']['backbone']['stage3']['3']['fuse_layers']['2']['0']['1']['0']['kernel'],
+        conv.transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(variables['batch_stats']['backbone']['transition1']['1']['0']['1']['var'],
+                                  pose_state['backbone.model.transition1.1.0.1.running_var'])
+    head = pose_state['heads.bodypart.heatmap_head.deconv_layers.0.weight']  # (in, out, 1, 1)
+    np.testing.assert_array_equal(variables['params']['head']['deconv']['kernel'][0, 0], head[:, :, 0, 0])
+
+
+def test_bare_state_dict_converts(tmp_path, pose_state, converted):
+    path = save(tmp_path, collections.OrderedDict((k, torch.from_numpy(v)) for k, v in pose_state.items()))
+    variables, meta = convert_pose_file(path)
+    assert meta['source']['format'] == 'bare state dict'
+    expected = flatten(converted['dlc3'][0])
+    for p, v in flatten(variables).items():
+        np.testing.assert_array_equal(v, expected[p])
+
+
+def test_missing_key_is_named(pose_state):
+    state = dict(pose_state)
+    del state['backbone.model.stage2.0.branches.1.3.bn2.running_var']
+    with pytest.raises(ConversionError, match=r'missing keys: model variables that no key filled \(1\)[\s\S]*batch_stats/backbone/stage2/0/'
+                                              r'branches/1/3/bn2/var'):
+        convert_in_memory(state)
+
+
+def test_unknown_key_is_named(pose_state):
+    state = {**pose_state, 'backbone.model.extra_block.conv9.weight': np.zeros((2, 2, 1, 1), np.float32),
+             'heads.bodypart.locref_head.weight': np.zeros(3, np.float32)}
+    with pytest.raises(ConversionError) as err:
+        convert_in_memory(state)
+    assert 'heads.bodypart.locref_head.weight' in str(err.value)
+    assert 'backbone.model.extra_block.conv9.weight -> params/backbone/extra_block/conv9/kernel' in str(err.value)
+
+
+def test_wrong_shape_is_named(pose_state):
+    state = {**pose_state, 'backbone.model.layer1.0.conv2.weight': np.zeros((64, 64, 1, 1), np.float32)}
+    with pytest.raises(ConversionError, match=r'layer1\.0\.conv2\.weight: shape \(64, 64, 1, 1\).*needs '
+                                              r'\(3, 3, 64, 64\)') as err:
+        convert_in_memory(state)
+    assert 'missing keys' not in str(err.value)
+
+
+def test_non_float_tensor_is_refused(pose_state):
+    state = {**pose_state, 'backbone.model.bn1.weight': np.ones(64, np.int64)}
+    with pytest.raises(ConversionError, match=r'bn1\.weight: dtype int64'):
+        convert_in_memory(state)
+
+
+def test_legacy_and_new_head_names_together_clash(pose_state):
+    legacy = {k.replace('deconv_layers', 'model'): v for k, v in pose_state.items() if 'heatmap_head' in k}
+    with pytest.raises(ConversionError, match='both fill params/head/deconv'):
+        convert_in_memory({**pose_state, **legacy})
+
+
+def test_truncated_file_fails_clearly(tmp_path, pose_checkpoints):
+    data = pose_checkpoints['dlc3'].read_bytes()
+    path = tmp_path / 'truncated.pt'
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match='truncated.pt'):
+        superanimal_jax.convert(pose=path, out=tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = save(tmp_path, {'model': {'w': torch.zeros(1)}, 'metadata': _RunsCode(marker)})
+    with pytest.raises(UnsafeCheckpointError, match='system'):
+        superanimal_jax.convert(pose=path, out=tmp_path / 'out')
+    assert not marker.exists()
+
+
+def test_object_without_weights_is_refused(tmp_path):
+    path = save(tmp_path, {'epoch': torch.zeros(1), 'config': {'lr': 1.0}})
+    with pytest.raises(ConversionError, match=r"no weights found.*\['config', 'epoch'\]"):
+        superanimal_jax.convert(pose=path, out=tmp_path / 'out')
+
+
+def test_model_directory_round_trip(pose_model_dir, pose_checkpoints, converted):
+    meta = json.loads((pose_model_dir / 'metadata.json').read_text())
+    assert meta['pose']['source']['sha256'] == sha256(pose_checkpoints['dlc3'])
+    assert meta['pose']['keypoints'][:3] == ['nose', 'left_ear', 'right_ear']
+    assert 'non-commercial' in meta['licence']
+    model = superanimal_jax.load(pose_model_dir)
+    assert model.keypoint_names == superanimal_jax.TOPVIEWMOUSE_KEYPOINTS
+    expected = flatten(converted['dlc3'][0])
+    for path, value in flatten(model.pose.variables).items():
+        np.testing.assert_array_equal(np.asarray(value), expected[path], err_msg=path)
+
+
+def test_existing_directory_is_not_overwritten_silently(pose_model_dir, pose_checkpoints):
+    before = (pose_model_dir / 'metadata.json').read_text()
+    with pytest.raises(FileExistsError, match='overwrite'):
+        superanimal_jax.convert(pose=pose_checkpoints['seed'], out=pose_model_dir)
+    assert (pose_model_dir / 'metadata.json').read_text() == before
+    assert not [p for p in pose_model_dir.parent.iterdir() if p.name.startswith('.')]
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(superanimal_jax.ModelDirError, match='no such directory'):
+        superanimal_jax.load(tmp_path / 'nope')
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(superanimal_jax.ModelDirError, match='metadata.json'):
+        superanimal_jax.load(tmp_path / 'empty')
+
+
+def test_cli_convert(tmp_path, pose_checkpoints, capsys):
+    out = tmp_path / 'cli_model'
+    assert cli.main(['convert', '--pose', str(pose_checkpoints['seed']), '--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'seed (model_state_dict)' in printed and str(out) in printed
+    assert superanimal_jax.load(out).pose is not None
+    assert cli.main(['convert', '--pose', str(tmp_path / 'missing.pt'), '--out', str(tmp_path / 'x')]) == 2
+    assert 'missing.pt' in capsys.readouterr().err
