@@ -53,7 +53,7 @@ class HRNetConfig:
 
 
 HRNET_W32 = HRNetConfig()
-# Same topology, a few thousand parameters: for fast unit tests.
+# Same topology, ~90k parameters: for fast unit tests.
 HRNET_TINY = HRNetConfig(
     stem_width=8, stage1_blocks=1, stage1_planes=4,
     stages=(StageSpec(1, (1, 1), (4, 8)), StageSpec(2, (1, 1, 1), (4, 8, 16)),
@@ -92,31 +92,22 @@ class BasicBlock(nn.Module):
         return nn.relu(y + x)
 
 
-class Layer1(nn.Module):
-    """Stage 1: Bottleneck blocks ``'0'`` ... with a projection shortcut on the first."""
-
-    num_blocks: int
-    planes: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        for k in range(self.num_blocks):
-            x = Bottleneck(self.planes, downsample=(k == 0), name=str(k), dtype=self.dtype)(x)
-        return x
-
-
-class Branch(nn.Module):
-    """One branch of a module: ``num_blocks`` BasicBlocks named ``'0'`` ..."""
+class Blocks(nn.Module):
+    """``num_blocks`` residual blocks named ``'0'`` ...: ``layer1`` (Bottlenecks, the first with a
+    projection shortcut; ``channels`` counts planes) or one branch of a module (BasicBlocks)."""
 
     num_blocks: int
     channels: int
+    bottleneck: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         for k in range(self.num_blocks):
-            x = BasicBlock(self.channels, name=str(k), dtype=self.dtype)(x)
+            if self.bottleneck:
+                x = Bottleneck(self.channels, downsample=k == 0, name=str(k), dtype=self.dtype)(x)
+            else:
+                x = BasicBlock(self.channels, name=str(k), dtype=self.dtype)(x)
         return x
 
 
@@ -127,24 +118,29 @@ class Branches(nn.Module):
 
     @nn.compact
     def __call__(self, xs):
-        return [Branch(n, c, name=str(b), dtype=self.dtype)(x)
+        return [Blocks(n, c, name=str(b), dtype=self.dtype)(x)
                 for b, (n, c, x) in enumerate(zip(self.num_blocks, self.channels, xs))]
 
 
-class FuseDown(nn.Module):
-    """Path from a higher-resolution branch: stride-2 3x3 ConvBNs, ReLU on all but the last."""
+class Downsample(nn.Module):
+    """Stride-2 3x3 ConvBN+ReLU steps named ``'0'`` ...; only the last changes the width.
+
+    A fuse path to a lower-resolution output has no ReLU after its last step
+    (``final_relu=False``); a transition to a new branch has one.
+    """
 
     in_channels: int
     out_channels: int
     steps: int
+    final_relu: bool
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         for k in range(self.steps):
             last = k == self.steps - 1
-            x = ConvBN(self.out_channels if last else self.in_channels, 3, stride=2, relu=not last,
-                       name=str(k), dtype=self.dtype)(x)
+            x = ConvBN(self.out_channels if last else self.in_channels, 3, stride=2,
+                       relu=self.final_relu or not last, name=str(k), dtype=self.dtype)(x)
         return x
 
 
@@ -164,7 +160,8 @@ class FuseOutput(nn.Module):
                 x = upsample_nearest(
                     ConvBN(self.channels[i], 1, relu=False, name=str(j), dtype=d)(x), 2 ** (j - i))
             elif j < i:
-                x = FuseDown(self.channels[j], self.channels[i], i - j, name=str(j), dtype=d)(x)
+                x = Downsample(self.channels[j], self.channels[i], i - j, final_relu=False,
+                               name=str(j), dtype=d)(x)
             y = x if y is None else y + x
         return nn.relu(y)
 
@@ -207,22 +204,6 @@ class Stage(nn.Module):
         return xs
 
 
-class NewBranch(nn.Module):
-    """A transition to a new, lower-resolution branch: stride-2 ConvBN+ReLU steps."""
-
-    in_channels: int
-    out_channels: int
-    steps: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        for k in range(self.steps):
-            out = self.out_channels if k == self.steps - 1 else self.in_channels
-            x = ConvBN(out, 3, stride=2, name=str(k), dtype=self.dtype)(x)
-        return x
-
-
 class Transition(nn.Module):
     """timm's ``_make_transition_layer`` and the way ``stages()`` applies it.
 
@@ -244,8 +225,8 @@ class Transition(nn.Module):
             elif i < n_in:
                 ys.append(ConvBN(c, 3, name=str(i), dtype=self.dtype)(xs[-1]))
             else:
-                ys.append(NewBranch(self.in_channels[-1], c, i + 1 - n_in, name=str(i),
-                                    dtype=self.dtype)(xs[-1]))
+                ys.append(Downsample(self.in_channels[-1], c, i + 1 - n_in, final_relu=True,
+                                     name=str(i), dtype=self.dtype)(xs[-1]))
         return ys
 
 
@@ -262,7 +243,7 @@ class HRNet(nn.Module):
         x = nn.relu(batch_norm(name='bn1', dtype=d)(conv(cfg.stem_width, 3, 2, name='conv1', dtype=d)(x)))
         x = nn.relu(batch_norm(name='bn2', dtype=d)(conv(cfg.stem_width, 3, 2, name='conv2', dtype=d)(x)))
         taps['stem'] = x
-        x = Layer1(cfg.stage1_blocks, cfg.stage1_planes, name='layer1', dtype=d)(x)
+        x = Blocks(cfg.stage1_blocks, cfg.stage1_planes, bottleneck=True, name='layer1', dtype=d)(x)
         taps['layer1'] = x
         xs, prev = [x], (4 * cfg.stage1_planes,)
         for s, spec in enumerate(cfg.stages):

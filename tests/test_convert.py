@@ -170,3 +170,13 @@ def test_cli_convert(tmp_path, pose_checkpoints, capsys):
     assert superanimal_jax.load(out).pose is not None
     assert cli.main(['convert', '--pose', str(tmp_path / 'missing.pt'), '--out', str(tmp_path / 'x')]) == 2
     assert 'missing.pt' in capsys.readouterr().err
+
+
+def test_cli_reports_what_cannot_be_done_yet(tmp_path, pose_checkpoints, capsys):
+    out = tmp_path / 'both'
+    code = cli.main(['convert', '--pose', str(pose_checkpoints['seed']), '--detector', 'detector.pt',
+                     '--out', str(out)])
+    assert code == 2 and 'detector conversion is not available yet' in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        cli.main(['convert', '--out', str(out)])  # Neither --pose nor --detector.
