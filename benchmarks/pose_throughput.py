@@ -1,0 +1,144 @@
+"""Pose crops/s: superanimal-jax vs DeepLabCut 3.0.2's PyTorch PoseModel, same machine, same run.
+
+Run inside the reference environment (it has both stacks; see ../shared/reference/README.md):
+
+    .ref/bin/python benchmarks/pose_throughput.py                         # CPU, fp32, batch 8 and 64
+    .ref/bin/python benchmarks/pose_throughput.py --batch-sizes 8 --repeats 9
+    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT \
+        .ref/bin/python benchmarks/pose_throughput.py --tag ynn                # an XLA CPU variant
+    python benchmarks/pose_throughput.py --dtypes float32 bfloat16        # GPU, ours only if no .ref
+
+Both models get the same weights (DeepLabCut's PoseModel initialisation, converted).  Calls
+alternate ours / theirs; each figure is the median over ``--repeats`` timed calls after one warm-up,
+our first call (trace + compile) is reported separately.  CPU threads: torch gets as many as XLA
+uses (all cores).  Results go to ``benchmarks/results/`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from superanimal_jax.conversion import convert_state_dict  # noqa: E402
+from superanimal_jax.converter import pose_rules  # noqa: E402
+from superanimal_jax.pose import POSE_VARIANTS, PoseNetwork, variables_shape  # noqa: E402
+
+
+def deeplabcut_model():
+    """DeepLabCut's PoseModel for SuperAnimal-TopViewMouse, or None outside the reference env."""
+    try:
+        from deeplabcut.pose_estimation_pytorch.config.pose import PoseConfig
+        from deeplabcut.pose_estimation_pytorch.models import PoseModel
+    except ImportError:
+        return None
+    cfg = PoseConfig.build_for_superanimal_inference(
+        super_animal='superanimal_topviewmouse', model_name='hrnet_w32',
+        detector_name='fasterrcnn_resnet50_fpn_v2', max_individuals=3, device='cpu').model_dump()
+    model = PoseModel.build(cfg['model'])
+    model.eval()
+    return model
+
+
+def our_variables(state: dict[str, np.ndarray] | None):
+    config = POSE_VARIANTS['hrnet_w32']
+    if state is None:  # No reference: random weights of the right shapes.
+        net = PoseNetwork(config)
+        return jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 256, 256, 3)))
+    ignore, rules = pose_rules(config)
+    return convert_state_dict(state, rules, ignore, variables_shape(config))[0]
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[8, 64])
+    parser.add_argument('--dtypes', nargs='+', default=['float32'], choices=['float32', 'bfloat16'])
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results')
+    parser.add_argument('--tag', default='', help='suffix for the result file (e.g. an XLA_FLAGS variant)')
+    args = parser.parse_args()
+
+    backend = jax.default_backend()
+    torch_model = deeplabcut_model()
+    if torch_model is not None:
+        import torch
+
+        torch_device = 'cuda' if backend == 'gpu' and torch.cuda.is_available() else 'cpu'
+        torch.set_num_threads(os.cpu_count())
+        torch_model.to(torch_device)
+        state = {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()}
+    else:
+        print('DeepLabCut not importable: measuring superanimal-jax only')
+        state = None
+    variables = jax.device_put(our_variables(state))
+    rng = np.random.default_rng(0)
+    results = []
+    for dtype in args.dtypes:
+        network = PoseNetwork(POSE_VARIANTS['hrnet_w32'], dtype=jnp.dtype(dtype))
+        forward = jax.jit(lambda v, x: network.apply(v, x)['heatmaps'])
+        for batch in args.batch_sizes:
+            x = rng.standard_normal((batch, 256, 256, 3)).astype(np.float32)
+            x_dev = jax.device_put(x)
+            compile_s = timed(lambda: forward(variables, x_dev).block_until_ready())
+            forward(variables, x_dev).block_until_ready()
+            ours, theirs = [], []
+            if torch_model is not None:
+                xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(torch_device)
+                torch_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
+
+                def torch_call():
+                    with torch.inference_mode(), torch.autocast(
+                            torch_device, dtype=torch_dtype, enabled=dtype == 'bfloat16'):
+                        out = torch_model(xt)['bodypart']['heatmap']
+                    if torch_device == 'cuda':
+                        torch.cuda.synchronize()
+                    return out
+
+                torch_call()  # Warm-up.
+            for _ in range(args.repeats):
+                ours.append(timed(lambda: forward(variables, x_dev).block_until_ready()))
+                if torch_model is not None:
+                    theirs.append(timed(torch_call))
+            row = {'dtype': dtype, 'batch': batch, 'compile_s': compile_s,
+                   'ours_crops_per_s': batch / statistics.median(ours),
+                   'ours_times_s': ours}
+            if theirs:
+                row.update({'deeplabcut_crops_per_s': batch / statistics.median(theirs),
+                            'deeplabcut_times_s': theirs})
+                row['ratio'] = row['ours_crops_per_s'] / row['deeplabcut_crops_per_s']
+            results.append(row)
+            print(f"{dtype} batch {batch}: ours {row['ours_crops_per_s']:.2f} crops/s "
+                  f"(compile {compile_s:.1f} s)"
+                  + (f", DeepLabCut {row['deeplabcut_crops_per_s']:.2f} crops/s, ratio "
+                     f"{row['ratio']:.2f}" if theirs else ''), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = jax.devices()[0].device_kind
+    report = {'benchmark': 'pose_throughput', 'backend': backend, 'device': device,
+              'cpu_count': os.cpu_count(), 'machine': platform.machine(),
+              'jax': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+              'results': results}
+    path = args.out / f"pose_throughput_{backend}{'_' + args.tag if args.tag else ''}.json"
+    path.write_text(json.dumps(report, indent=2) + '\n')
+    print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+    main()
