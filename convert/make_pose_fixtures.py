@@ -24,18 +24,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _reference import DATA, calibrate, manifest_of, nhwc, superanimal_config
 
-from superanimal_jax import synthetic  # noqa: E402
-
-DATA = ROOT.parent / 'shared' / 'data' / 'openfield'
+from superanimal_jax import synthetic
 SEED = 0
 CALIBRATION_FRAMES = range(0, 16)
 GOLDEN_FRAMES = (40, 85)  # Committed goldens; --full uses FULL_FRAMES.
@@ -49,12 +45,9 @@ HEATMAP_STD = 0.25  # Target spread of calibrated heatmaps.
 
 def build_models():
     import timm
-    from deeplabcut.pose_estimation_pytorch.config.pose import PoseConfig
     from deeplabcut.pose_estimation_pytorch.models import PoseModel
 
-    cfg = PoseConfig.build_for_superanimal_inference(
-        super_animal='superanimal_topviewmouse', model_name='hrnet_w32',
-        detector_name='fasterrcnn_resnet50_fpn_v2', max_individuals=3, device='cpu').model_dump()
+    cfg = superanimal_config()
     model = PoseModel.build(cfg['model'])
     model.eval()
     classifier = {f'backbone.model.{k}': v for k, v in
@@ -62,10 +55,6 @@ def build_models():
                   if k.split('.')[0] in ('incre_modules', 'downsamp_modules', 'final_layer',
                                          'classifier')}
     return cfg, model, classifier
-
-
-def manifest_of(state) -> list:
-    return [(k, tuple(v.shape), str(v.dtype).removeprefix('torch.')) for k, v in state.items()]
 
 
 def real_crops(frames, cfg):
@@ -94,20 +83,6 @@ def real_crops(frames, cfg):
     return np.stack(crops), np.stack(normalised)
 
 
-def calibrate(model, batch) -> None:
-    """One train-mode pass: each BatchNorm's running statistics become its batch statistics."""
-    import torch
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-    with torch.no_grad():
-        model(batch)
-    model.eval()
-
-
 def run_with_taps(model, x_nhwc: np.ndarray) -> dict[str, np.ndarray]:
     import torch
 
@@ -118,8 +93,7 @@ def run_with_taps(model, x_nhwc: np.ndarray) -> dict[str, np.ndarray]:
         def hook(_, __, out):
             outs = out if isinstance(out, (list, tuple)) else [out]
             for b, t in enumerate(outs):
-                taps[name if len(outs) == 1 and name in ('stem', 'layer1') else f'{name}/{b}'] = \
-                    t.permute(0, 2, 3, 1).numpy().copy()
+                taps[name if len(outs) == 1 and name in ('stem', 'layer1') else f'{name}/{b}'] = nhwc(t)
         return hook
 
     handles = [net.act2.register_forward_hook(keep('stem')),
@@ -133,7 +107,7 @@ def run_with_taps(model, x_nhwc: np.ndarray) -> dict[str, np.ndarray]:
     # Our network computes only output 0 of the last module (see superanimal_jax/hrnet.py).
     for b in (1, 2, 3):
         taps.pop(f'stage4/{b}')
-    taps['heatmaps'] = outputs['bodypart']['heatmap'].permute(0, 2, 3, 1).numpy().copy()
+    taps['heatmaps'] = nhwc(outputs['bodypart']['heatmap'])
     taps['keypoints'] = poses[:, 0].numpy().copy()
     return taps
 
@@ -196,7 +170,7 @@ def main() -> None:
     for name in FLOAT64_INPUTS:
         with torch.no_grad():
             out = model(torch.from_numpy(inputs[name]).double().permute(0, 3, 1, 2).contiguous())
-        golden64[f'{name}/heatmaps'] = out['bodypart']['heatmap'].permute(0, 2, 3, 1).numpy().copy()
+        golden64[f'{name}/heatmaps'] = nhwc(out['bodypart']['heatmap'])
     model.float()
     suffix = '_full' if args.full else ''
     np.savez_compressed(args.out / f'pose_golden{suffix}.npz', **golden)

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     convert = commands.add_parser('convert', help='convert released PyTorch weights to a model directory')
     convert.add_argument('--pose', metavar='SRC', help='pose_model.pth, superanimal_topviewmouse_hrnet_w32.pt '
                          'or a bare state dict')
-    convert.add_argument('--detector', metavar='SRC', help='detector weights (not supported yet)')
+    convert.add_argument('--detector', metavar='SRC', help='detector.pt, superanimal_topviewmouse_fasterrcnn_'
+                         'resnet50_fpn_v2.pt or a bare state dict')
     convert.add_argument('--out', metavar='DIR', required=True, help='model directory to write')
     convert.add_argument('--overwrite', action='store_true', help='replace DIR if it exists')
     convert.set_defaults(run=_convert)
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('convert needs --pose and/or --detector')
     try:
         return args.run(args)
-    except (ValueError, OSError, NotImplementedError) as err:
+    except (ValueError, OSError) as err:
         print(f'superanimal-jax {args.command}: error: {err}', file=sys.stderr)
         return 2
 

@@ -51,6 +51,20 @@ def linear_kernel(w: np.ndarray) -> np.ndarray:
     return w.T
 
 
+def linear_after_flatten_kernel(channels: int, height: int, width: int) -> Callable:
+    """For a ``Linear`` fed by an NCHW flatten (input index ``c*H*W + y*W + x``): the kernel for the
+    same layer fed by our NHWC flatten (``(y*W + x)*C + c``)."""
+
+    def transform(w: np.ndarray) -> np.ndarray:
+        out = w.shape[0]
+        if w.shape[1] != channels * height * width:
+            raise ValueError(f'expected {channels * height * width} inputs, got {w.shape[1]}')
+        return w.reshape(out, channels, height, width).transpose(2, 3, 1, 0).reshape(-1, out)
+
+    transform.__name__ = f'linear_after_flatten_kernel_{channels}x{height}x{width}'
+    return transform
+
+
 # ---------------------------------------------------------------------------------------------
 # Rule table
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """Released PyTorch weights -> a converted model directory that :func:`superanimal_jax.load` reads.
 
-Accepted pose files, all read without executing code from them (:mod:`superanimal_jax.torch_file`):
+Files are read without executing code from them (:mod:`superanimal_jax.torch_file`).  The
+detector: the seed's ``detector.pt`` (``model_state_dict``), DeepLabCut 3 snapshots such as
+``superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt`` (``model``) or a bare state dict, 404
+keys under ``model.``.  Pose files:
 
 * the seed's ``pose_model.pth``: ``{'model_state_dict': ...}`` with the legacy head name
   ``heads.bodypart.heatmap_head.model.0`` and timm's classification-head tensors;
@@ -18,16 +21,32 @@ from pathlib import Path
 import numpy as np
 
 from superanimal_jax import model_dir
-from superanimal_jax.conversion import (ConversionError, Ignore, Rule, convert_state_dict,
-                                        conv_kernel, transposed_conv_1x1_kernel)
+from superanimal_jax.conversion import (ConversionError, Ignore, Rule, conv_kernel, convert_state_dict,
+                                        linear_after_flatten_kernel, linear_kernel,
+                                        transposed_conv_1x1_kernel)
+from superanimal_jax.detector import variables_shape as detector_variables_shape
 from superanimal_jax.pose import POSE_VARIANTS, PoseConfig, variables_shape
 from superanimal_jax.torch_file import read_checkpoint
 
-# A module path inside the backbone whose weight is a conv kernel: timm names convs ``convN``,
-# and in every ``nn.Sequential`` of HRNet index 0 is the conv, index 1 its BatchNorm.
+# Module paths whose ``weight`` is a conv kernel / BatchNorm: timm and torchvision name them
+# ``convN`` / ``bnN``, and in every ``nn.Sequential`` of these networks index 0 is the conv and
+# index 1 its BatchNorm (``downsample.0``, ``transition1.0.1``, ``fpn.inner_blocks.2.1`` ...).
 _CONV = r'(?P<m>(?:.+\.)?conv\d|.+\.0)'
 _BN = r'(?P<m>(?:.+\.)?bn\d|.+\.1)'
 _HEAD = r'heads\.bodypart\.heatmap_head\.(?:deconv_layers|model)\.0'  # DLC 3 name | legacy name
+_BN_COUNTER = Ignore(r'.+\.num_batches_tracked',
+                     'BatchNorm update counter; statistics are frozen, so it is never used')
+
+
+def conv_bn_rules(source: str, target: str) -> list[Rule]:
+    """Conv kernels and BatchNorms under the key prefix ``source`` (a regex) -> ``target/``."""
+    return [
+        Rule(rf'{source}{_CONV}\.weight', f'params/{target}{{m}}/kernel', conv_kernel),
+        Rule(rf'{source}{_BN}\.weight', f'params/{target}{{m}}/scale'),
+        Rule(rf'{source}{_BN}\.bias', f'params/{target}{{m}}/bias'),
+        Rule(rf'{source}{_BN}\.running_mean', f'batch_stats/{target}{{m}}/mean'),
+        Rule(rf'{source}{_BN}\.running_var', f'batch_stats/{target}{{m}}/var'),
+    ]
 
 
 def pose_rules(config: PoseConfig) -> tuple[list[Ignore], list[Rule]]:
@@ -35,24 +54,37 @@ def pose_rules(config: PoseConfig) -> tuple[list[Ignore], list[Rule]]:
     last_stage = len(config.backbone.stages) + 1
     last_module = config.backbone.stages[-1].num_modules - 1
     ignore = [
-        Ignore(r'.+\.num_batches_tracked',
-               'BatchNorm update counter; statistics are frozen, so it is never used'),
+        _BN_COUNTER,
         Ignore(rf'backbone\.model\.stage{last_stage}\.{last_module}\.fuse_layers\.[1-9]\d*\..+',
                'fuse outputs 1+ of the last HRNet module: timm computes them, DeepLabCut keeps '
                'only branch 0, so they affect no output and get no gradient'),
         Ignore(r'backbone\.model\.(?:incre_modules|downsamp_modules|final_layer|classifier)\..+',
                "timm's classification head, dropped by DeepLabCut's features-only HRNet"),
     ]
-    rules = [
-        Rule(rf'backbone\.model\.{_CONV}\.weight', 'params/backbone/{m}/kernel', conv_kernel),
-        Rule(rf'backbone\.model\.{_BN}\.weight', 'params/backbone/{m}/scale'),
-        Rule(rf'backbone\.model\.{_BN}\.bias', 'params/backbone/{m}/bias'),
-        Rule(rf'backbone\.model\.{_BN}\.running_mean', 'batch_stats/backbone/{m}/mean'),
-        Rule(rf'backbone\.model\.{_BN}\.running_var', 'batch_stats/backbone/{m}/var'),
+    rules = conv_bn_rules(r'backbone\.model\.', 'backbone/') + [
         Rule(rf'{_HEAD}\.weight', 'params/head/deconv/kernel', transposed_conv_1x1_kernel),
         Rule(rf'{_HEAD}\.bias', 'params/head/deconv/bias'),
     ]
     return ignore, rules
+
+
+def detector_rules() -> tuple[list[Ignore], list[Rule]]:
+    """The ordered conversion table for the Faster R-CNN detector (404 keys under ``model.``)."""
+    rules = [
+        # Biased convs first: the RPN tower (conv.K.0) and its two 1x1 output convs.
+        Rule(r'model\.(?P<m>rpn\.head\.conv\.\d+\.0)\.weight', 'params/{m}/kernel', conv_kernel),
+        Rule(r'model\.(?P<m>rpn\.head\.conv\.\d+\.0)\.bias', 'params/{m}/bias'),
+        Rule(r'model\.(?P<m>rpn\.head\.(?:cls_logits|bbox_pred))\.weight', 'params/{m}/kernel',
+             conv_kernel),
+        Rule(r'model\.(?P<m>rpn\.head\.(?:cls_logits|bbox_pred))\.bias', 'params/{m}/bias'),
+        Rule(r'model\.roi_heads\.box_head\.5\.weight', 'params/roi_heads/box_head/5/kernel',
+             linear_after_flatten_kernel(256, 7, 7)),
+        Rule(r'model\.roi_heads\.box_head\.5\.bias', 'params/roi_heads/box_head/5/bias'),
+        Rule(r'model\.(?P<m>roi_heads\.box_predictor\.(?:cls_score|bbox_pred))\.weight',
+             'params/{m}/kernel', linear_kernel),
+        Rule(r'model\.(?P<m>roi_heads\.box_predictor\.(?:cls_score|bbox_pred))\.bias', 'params/{m}/bias'),
+    ] + conv_bn_rules(r'model\.', '')
+    return [_BN_COUNTER], rules
 
 
 def extract_state_dict(obj, source: str) -> tuple[dict[str, np.ndarray], str]:
@@ -80,40 +112,49 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def convert_file(path: str | os.PathLike, table: tuple[list[Ignore], list[Rule]], target) -> tuple[dict, dict]:
+    """Read one checkpoint and convert it with ``table``; returns (variables, source metadata)."""
+    path = Path(path)
+    state, fmt = extract_state_dict(read_checkpoint(path), str(path))
+    ignore, rules = table
+    variables, report = convert_state_dict(state, rules, ignore, target, source=str(path))
+    return variables, {'file': path.name, 'sha256': sha256(path), 'format': fmt, **report.summary()}
+
+
 def convert_pose_file(path: str | os.PathLike, variant: str = 'hrnet_w32') -> tuple[dict, dict]:
     """Read and convert one pose checkpoint; returns (variables, metadata section)."""
-    path = Path(path)
     config = POSE_VARIANTS[variant]
-    state, fmt = extract_state_dict(read_checkpoint(path), str(path))
-    ignore, rules = pose_rules(config)
-    variables, report = convert_state_dict(state, rules, ignore, variables_shape(config),
-                                           source=str(path))
-    meta = {
-        'variant': variant,
-        'num_keypoints': config.num_keypoints,
-        'stride': config.stride,
-        'source': {'file': path.name, 'sha256': sha256(path), 'format': fmt,
-                   **report.summary()},
-    }
-    return variables, meta
+    variables, source = convert_file(path, pose_rules(config), variables_shape(config))
+    return variables, {'variant': variant, 'num_keypoints': config.num_keypoints,
+                       'stride': config.stride, 'source': source}
+
+
+def convert_detector_file(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Read and convert one detector checkpoint; returns (variables, metadata section)."""
+    variables, source = convert_file(path, detector_rules(), detector_variables_shape())
+    return variables, {'variant': 'fasterrcnn_resnet50_fpn_v2', 'num_classes': 2, 'source': source}
 
 
 def convert(pose: str | os.PathLike | None = None, detector: str | os.PathLike | None = None,
             out: str | os.PathLike = 'superanimal_topviewmouse_jax', *, pose_variant: str = 'hrnet_w32',
             keypoints: tuple[str, ...] | None = None, overwrite: bool = False) -> Path:
-    """Convert released PyTorch weights into a model directory and return its path.
+    """Convert released PyTorch weights (pose and/or detector) into a model directory.
 
     ``keypoints`` defaults to the 27 SuperAnimal-TopViewMouse names for ``hrnet_w32``.
+    Returns the directory's path.
     """
-    if detector is not None:
-        raise NotImplementedError('detector conversion is not available yet; convert --pose alone')
-    if pose is None:
-        raise ValueError('nothing to convert: give pose= (and later detector=)')
+    if pose is None and detector is None:
+        raise ValueError('nothing to convert: give pose= and/or detector=')
     if pose_variant not in POSE_VARIANTS:
         raise ValueError(f'unknown pose variant {pose_variant!r}; known: {sorted(POSE_VARIANTS)}')
-    variables, meta = convert_pose_file(pose, pose_variant)
-    meta['keypoints'] = list(keypoints or model_dir.default_keypoints(POSE_VARIANTS[pose_variant]))
-    if len(meta['keypoints']) != meta['num_keypoints']:
-        raise ValueError(f"{len(meta['keypoints'])} keypoint names for a "
-                         f"{meta['num_keypoints']}-keypoint model")
-    return model_dir.write(out, {'pose': variables}, {'pose': meta}, overwrite=overwrite)
+    networks, sections = {}, {}
+    if pose is not None:
+        networks['pose'], meta = convert_pose_file(pose, pose_variant)
+        meta['keypoints'] = list(keypoints or model_dir.default_keypoints(POSE_VARIANTS[pose_variant]))
+        if len(meta['keypoints']) != meta['num_keypoints']:
+            raise ValueError(f"{len(meta['keypoints'])} keypoint names for a "
+                             f"{meta['num_keypoints']}-keypoint model")
+        sections['pose'] = meta
+    if detector is not None:
+        networks['detector'], sections['detector'] = convert_detector_file(detector)
+    return model_dir.write(out, networks, sections, overwrite=overwrite)

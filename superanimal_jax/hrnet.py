@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from superanimal_jax.layers import ConvBN, Dtype, batch_norm, conv, upsample_nearest
+from superanimal_jax.resnet import BasicBlock, Bottleneck
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,38 +59,6 @@ HRNET_TINY = HRNetConfig(
     stem_width=8, stage1_blocks=1, stage1_planes=4,
     stages=(StageSpec(1, (1, 1), (4, 8)), StageSpec(2, (1, 1, 1), (4, 8, 16)),
             StageSpec(2, (1, 1, 1, 1), (4, 8, 16, 32))))
-
-
-class Bottleneck(nn.Module):
-    """timm/torchvision ``Bottleneck`` (expansion 4), stride 1."""
-
-    planes: int
-    downsample: bool = False
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        d = self.dtype
-        y = nn.relu(batch_norm(name='bn1', dtype=d)(conv(self.planes, 1, name='conv1', dtype=d)(x)))
-        y = nn.relu(batch_norm(name='bn2', dtype=d)(conv(self.planes, 3, name='conv2', dtype=d)(y)))
-        y = batch_norm(name='bn3', dtype=d)(conv(4 * self.planes, 1, name='conv3', dtype=d)(y))
-        if self.downsample:
-            x = ConvBN(4 * self.planes, 1, relu=False, name='downsample', dtype=d)(x)
-        return nn.relu(y + x)
-
-
-class BasicBlock(nn.Module):
-    """timm/torchvision ``BasicBlock``: two 3x3 convolutions and an identity shortcut."""
-
-    channels: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        d = self.dtype
-        y = nn.relu(batch_norm(name='bn1', dtype=d)(conv(self.channels, 3, name='conv1', dtype=d)(x)))
-        y = batch_norm(name='bn2', dtype=d)(conv(self.channels, 3, name='conv2', dtype=d)(y))
-        return nn.relu(y + x)
 
 
 class Blocks(nn.Module):

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from superanimal_jax import model_dir
+from superanimal_jax.detector import Detector
+from superanimal_jax.detector import variables_shape as detector_variables_shape
 from superanimal_jax.pose import (POSE_VARIANTS, PoseConfig, PoseNetwork, decode_heatmaps,
                                   variables_shape)
 
@@ -58,10 +60,11 @@ class PoseEstimator:
 
 @dataclasses.dataclass
 class SuperAnimalModel:
-    """A converted model directory, loaded: ``model.pose`` (and later ``model.detector``)."""
+    """A converted model directory, loaded: ``model.pose`` and/or ``model.detector``."""
 
     pose: PoseEstimator | None
     metadata: dict
+    detector: Detector | None = None
 
     @property
     def keypoint_names(self) -> tuple[str, ...]:
@@ -80,4 +83,8 @@ def load(path: str | os.PathLike, *, dtype=jnp.float32) -> SuperAnimalModel:
         config = POSE_VARIANTS[variant]
         variables = model_dir.read_variables(path, 'pose', variables_shape(config))
         pose = PoseEstimator(config, variables, keypoint_names=section.get('keypoints'), dtype=dtype)
-    return SuperAnimalModel(pose=pose, metadata=metadata)
+    detector = None
+    if 'detector' in metadata:
+        variables = model_dir.read_variables(path, 'detector', detector_variables_shape())
+        detector = Detector(variables, dtype=dtype)
+    return SuperAnimalModel(pose=pose, metadata=metadata, detector=detector)

@@ -80,26 +80,39 @@ def to_seed_layout(state: Mapping[str, np.ndarray],
     return out
 
 
-def write_pose_checkpoints(state: Mapping[str, np.ndarray], directory: str | Path, *,
-                           seed_extra: Mapping[str, np.ndarray] | None = None) -> dict[str, Path]:
-    """Write ``state`` (DeepLabCut 3 names) in both released formats with ``torch.save``.
-
-    Returns the paths of ``pose_model.pth`` (seed layout) and
-    ``superanimal_topviewmouse_hrnet_w32.pt`` (DeepLabCut 3 snapshot layout).
-    """
+def write_checkpoints(state: Mapping[str, np.ndarray], seed_path: str | Path, dlc3_path: str | Path, *,
+                      seed_state: Mapping[str, np.ndarray] | None = None) -> dict[str, Path]:
+    """Write weights with ``torch.save`` in the seed layout (``{'model_state_dict': seed_state or
+    state}``) and the DeepLabCut 3 snapshot layout (``{'model': state, 'metadata': ...}``)."""
     import collections
 
     import torch
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-
     def tensors(d):
         return collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in d.items())
 
-    paths = {'seed': directory / 'pose_model.pth',
-             'dlc3': directory / 'superanimal_topviewmouse_hrnet_w32.pt'}
-    torch.save({'model_state_dict': tensors(to_seed_layout(state, seed_extra))}, paths['seed'])
+    paths = {'seed': Path(seed_path), 'dlc3': Path(dlc3_path)}
+    for p in paths.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'model_state_dict': tensors(seed_state if seed_state is not None else state)},
+               paths['seed'])
     torch.save({'model': tensors(state), 'metadata': {'epoch': 200, 'metrics': {}, 'losses': {}}},
                paths['dlc3'])
     return paths
+
+
+def write_pose_checkpoints(state: Mapping[str, np.ndarray], directory: str | Path, *,
+                           seed_extra: Mapping[str, np.ndarray] | None = None) -> dict[str, Path]:
+    """``pose_model.pth`` (legacy head names + timm classifier) and
+    ``superanimal_topviewmouse_hrnet_w32.pt`` in ``directory``."""
+    directory = Path(directory)
+    return write_checkpoints(state, directory / 'pose_model.pth',
+                             directory / 'superanimal_topviewmouse_hrnet_w32.pt',
+                             seed_state=to_seed_layout(state, seed_extra))
+
+
+def write_detector_checkpoints(state: Mapping[str, np.ndarray], directory: str | Path) -> dict[str, Path]:
+    """``detector.pt`` and ``superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt`` in ``directory``."""
+    directory = Path(directory)
+    return write_checkpoints(state, directory / 'detector.pt',
+                             directory / 'superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt')

@@ -55,3 +55,24 @@ def pose_model_dir(pose_checkpoints, tmp_path_factory) -> Path:
 def pose_golden() -> dict[str, np.ndarray]:
     with np.load(FIXTURES / 'pose_golden.npz') as golden:
         return dict(golden)
+
+
+@pytest.fixture(scope='session')
+def detector_manifest() -> dict:
+    return json.loads((FIXTURES / 'detector_manifest.json').read_text())
+
+
+@pytest.fixture(scope='session')
+def detector_state(detector_manifest) -> dict[str, np.ndarray]:
+    """The synthetic detector weights the goldens were made with, checked bit for bit."""
+    with np.load(FIXTURES / 'detector_bn_stats.npz') as stats:
+        state = synthetic.synthetic_state_dict(detector_manifest['manifest'], seed=detector_manifest['seed'],
+                                               overrides=dict(stats))
+    digest = hashlib.sha256(b''.join(v.tobytes() for v in state.values())).hexdigest()
+    assert digest == detector_manifest['state_sha256'], 'synthetic detector weights no longer regenerate'
+    return state
+
+
+@pytest.fixture(scope='session')
+def detector_checkpoints(detector_state, tmp_path_factory) -> dict[str, Path]:
+    return synthetic.write_detector_checkpoints(detector_state, tmp_path_factory.mktemp('det'))

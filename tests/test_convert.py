@@ -172,11 +172,34 @@ def test_cli_convert(tmp_path, pose_checkpoints, capsys):
     assert 'missing.pt' in capsys.readouterr().err
 
 
-def test_cli_reports_what_cannot_be_done_yet(tmp_path, pose_checkpoints, capsys):
+def test_cli_converts_pose_and_detector_together(tmp_path, pose_checkpoints, detector_checkpoints, capsys):
     out = tmp_path / 'both'
-    code = cli.main(['convert', '--pose', str(pose_checkpoints['seed']), '--detector', 'detector.pt',
-                     '--out', str(out)])
-    assert code == 2 and 'detector conversion is not available yet' in capsys.readouterr().err
-    assert not out.exists()
+    assert cli.main(['convert', '--pose', str(pose_checkpoints['seed']), '--detector',
+                     str(detector_checkpoints['dlc3']), '--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'detector: superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt' in printed
+    assert '65 ignored (BatchNorm update counter' in printed
+    model = superanimal_jax.load(out)
+    assert model.pose is not None and model.detector is not None
     with pytest.raises(SystemExit):
-        cli.main(['convert', '--out', str(out)])  # Neither --pose nor --detector.
+        cli.main(['convert', '--out', str(tmp_path / 'none')])  # Neither --pose nor --detector.
+
+
+def test_detector_formats_convert_identically_and_alone(tmp_path, detector_checkpoints):
+    out = superanimal_jax.convert(detector=detector_checkpoints['seed'], out=tmp_path / 'seed')
+    seed = superanimal_jax.load(out)
+    assert seed.pose is None
+    dlc3 = superanimal_jax.load(superanimal_jax.convert(detector=detector_checkpoints['dlc3'],
+                                                       out=tmp_path / 'dlc3'))
+    a, b = flatten(seed.detector.variables), flatten(dlc3.detector.variables)
+    assert len(a) == 339 and a.keys() == b.keys()
+    for path in a:
+        np.testing.assert_array_equal(np.asarray(a[path]), np.asarray(b[path]), err_msg=path)
+    meta = json.loads((out / 'metadata.json').read_text())['detector']['source']
+    assert meta['format'] == 'seed (model_state_dict)' and meta['loaded'] == 339
+
+
+def test_detector_file_with_pose_weights_is_refused(tmp_path, pose_checkpoints):
+    with pytest.raises(ConversionError, match='unknown keys'):
+        superanimal_jax.convert(detector=pose_checkpoints['dlc3'], out=tmp_path / 'wrong')
+    assert not (tmp_path / 'wrong').exists()

@@ -1,0 +1,152 @@
+"""Golden detector-network fixtures from DeepLabCut 3.0.2's Faster R-CNN (run inside .ref/).
+
+    .ref/bin/python convert/make_detector_fixtures.py --out tests/fixtures
+
+1. Builds the detector exactly as DeepLabCut does for SuperAnimal-TopViewMouse
+   (``DETECTORS.build``: torchvision ``fasterrcnn_resnet50_fpn_v2``, 2 classes, score 0.6) and
+   records its key manifest.
+2. Fills it with :mod:`superanimal_jax.synthetic` weights and calibrates every BatchNorm on real
+   openfield frames run through DeepLabCut's own detector forward (one pass, BatchNorms in train
+   mode); saves the statistics.
+3. Records network-level taps, preprocessing kept apart: the backbone input is given directly.
+   Inputs: a seeded random tensor (1, 256, 320, 3) and one real frame put through torchvision's
+   own ``GeneralizedRCNNTransform`` at a small size (min 128, max 160, so the golden stays small).
+   Taps: C2-C5 and FPN levels (every ``SUBSAMPLE``-th row/column, full max-abs kept), RPN logits
+   and deltas (full, torchvision's flattening order), box-head class logits and deltas on seeded
+   random RoI features; RPN and box-head outputs also in float64 for the random input.
+Takes about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+
+import numpy as np
+
+from _reference import DATA, calibrate, manifest_of, nhwc, superanimal_config
+
+from superanimal_jax import normalize_crops, synthetic
+
+SEED = 0
+CALIBRATION_FRAMES = ('img0000.png', 'img0030.png', 'img0060.png', 'img0090.png')
+GOLDEN_FRAME = 'img0045.png'
+SUBSAMPLE = 4
+RANDOM_SHAPE = (256, 320)
+NUM_ROIS = 16
+
+
+def build_detector():
+    from deeplabcut.pose_estimation_pytorch.models.detectors import DETECTORS
+
+    cfg = superanimal_config()
+    detector = DETECTORS.build(cfg['detector']['model'])
+    detector.eval()  # Returns None on DeepLabCut's wrapper.
+    return detector
+
+
+def frames(names) -> np.ndarray:
+    import cv2
+
+    folder = DATA / 'labeled-data' / 'm4s1'
+    return np.stack([cv2.cvtColor(cv2.imread(str(folder / n)), cv2.COLOR_BGR2RGB) for n in names])
+
+
+def as_torch_batch(normalised_nhwc):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(normalised_nhwc)).permute(0, 3, 1, 2).contiguous()
+
+
+def network_taps(tv_model, images_nchw, roi_features_nchw) -> dict[str, np.ndarray]:
+    """Run torchvision's sub-networks directly on an already-transformed batch."""
+    import torch
+
+    with torch.no_grad():
+        body = tv_model.backbone.body(images_nchw)
+        pyramid = tv_model.backbone.fpn(body)
+        logits, deltas = tv_model.rpn.head(list(pyramid.values()))
+        class_logits, box_deltas = tv_model.roi_heads.box_predictor(
+            tv_model.roi_heads.box_head(roi_features_nchw))
+    taps = {f'C{i + 2}': nhwc(c) for i, c in enumerate(body.values())}
+    taps.update({f'fpn/{k}': nhwc(v) for k, v in pyramid.items()})
+    n = images_nchw.shape[0]
+    # (N, A, H, W) -> (N, H*W*A); (N, 4A, H, W) -> (N, H*W*A, 4): torchvision's flattening order.
+    taps['rpn_logits'] = np.concatenate([nhwc(t).reshape(n, -1) for t in logits], axis=1)
+    taps['rpn_deltas'] = np.concatenate([nhwc(t).reshape(n, -1, 4) for t in deltas], axis=1)
+    taps['class_logits'] = class_logits.numpy().copy()
+    taps['box_deltas'] = box_deltas.numpy().copy()
+    return taps
+
+
+def compact(taps: dict, prefix: str) -> dict:
+    out = {}
+    for name, value in taps.items():
+        if name.startswith(('C', 'fpn/')):
+            out[f'{prefix}/maxabs/{name}'] = np.float32(np.abs(value).max())
+            value = value[:, ::SUBSAMPLE, ::SUBSAMPLE]
+        out[f'{prefix}/{name}'] = value
+    return out
+
+
+def main() -> None:
+    import deeplabcut
+    import torch
+    import torchvision
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    detector = build_detector()
+    tv_model = detector.model
+    manifest = manifest_of(detector.state_dict())
+    state = synthetic.synthetic_state_dict(manifest, seed=SEED)
+    detector.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    detector.eval()
+
+    calibrate(detector, as_torch_batch(np.asarray(normalize_crops(frames(CALIBRATION_FRAMES)))))
+    stats = {k: v.numpy().copy() for k, v in detector.state_dict().items()
+             if k.endswith(('running_mean', 'running_var'))}
+    state = synthetic.synthetic_state_dict(manifest, seed=SEED, overrides=stats)
+    detector.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    detector.eval()
+
+    random_input = synthetic.random_crops(RANDOM_SHAPE, 100, SEED)
+    rois = np.random.default_rng([SEED, 11]).standard_normal((NUM_ROIS, 7, 7, 256)).astype(np.float32)
+    small = GeneralizedRCNNTransform(min_size=128, max_size=160, image_mean=[0.485, 0.456, 0.406],
+                                     image_std=[0.229, 0.224, 0.225])
+    small.eval()
+    frame = frames([GOLDEN_FRAME])
+    real_input = nhwc(small(list(as_torch_batch(np.asarray(normalize_crops(frame)))))[0].tensors)
+
+    golden = {'inputs/real': real_input}
+    golden.update(compact(network_taps(tv_model, as_torch_batch(random_input), as_torch_batch(rois)),
+                          'random'))
+    golden.update(compact(network_taps(tv_model, as_torch_batch(real_input), as_torch_batch(rois)),
+                          'real'))
+    tv_model.double()
+    taps64 = network_taps(tv_model, as_torch_batch(random_input).double(), as_torch_batch(rois).double())
+    golden64 = {k: taps64[k] for k in ('rpn_logits', 'rpn_deltas', 'class_logits', 'box_deltas')}
+
+    np.savez_compressed(f'{args.out}/detector_golden.npz', **golden)
+    np.savez_compressed(f'{args.out}/detector_golden_float64.npz', **golden64)
+    np.savez_compressed(f'{args.out}/detector_bn_stats.npz', **stats)
+    info = {
+        'made_by': 'convert/make_detector_fixtures.py',
+        'versions': {'deeplabcut': deeplabcut.__version__, 'torchvision': torchvision.__version__,
+                     'torch': torch.__version__, 'numpy': np.__version__},
+        'seed': SEED, 'subsample': SUBSAMPLE, 'manifest': manifest,
+        'random_input': {'shape': list(RANDOM_SHAPE), 'index': 100},
+        'rois': {'count': NUM_ROIS, 'stream': [SEED, 11]},
+        'state_sha256': hashlib.sha256(b''.join(v.tobytes() for v in state.values())).hexdigest(),
+    }
+    with open(f'{args.out}/detector_manifest.json', 'w') as f:
+        f.write(json.dumps(info) + '\n')
+
+
+if __name__ == '__main__':
+    main()
