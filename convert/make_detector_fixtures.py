@@ -7,14 +7,18 @@
    records its key manifest.
 2. Fills it with :mod:`superanimal_jax.synthetic` weights and calibrates every BatchNorm on real
    openfield frames run through DeepLabCut's own detector forward (one pass, BatchNorms in train
-   mode); saves the statistics.
+   mode); saves the statistics and the calibrated class-score bias (``detector_overrides.npz``).
 3. Records network-level taps, preprocessing kept apart: the backbone input is given directly.
    Inputs: a seeded random tensor (1, 256, 320, 3) and one real frame put through torchvision's
    own ``GeneralizedRCNNTransform`` at a small size (min 128, max 160, so the golden stays small).
    Taps: C2-C5 and FPN levels (every ``SUBSAMPLE``-th row/column, full max-abs kept), RPN logits
    and deltas (full, torchvision's flattening order), box-head class logits and deltas on seeded
    random RoI features; RPN and box-head outputs also in float64 for the random input.
-Takes about a minute on 2 cores.
+4. Runs DeepLabCut's detector forward on two whole 480x640 frames and keeps the RPN proposals, the
+   box predictor's outputs and the final detections (``detector_golden_pipeline.npz``, with the
+   frames).  Before that, the class-score bias is shifted so that about 20 proposals per frame
+   score above the 0.6 threshold (a realistic handful of detections after NMS).
+Takes about two minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from superanimal_jax import normalize_crops, synthetic
 SEED = 0
 CALIBRATION_FRAMES = ('img0000.png', 'img0030.png', 'img0060.png', 'img0090.png')
 GOLDEN_FRAME = 'img0045.png'
+PIPELINE_FRAMES = ('img0015.png', 'img0075.png')
+DETECTIONS_PER_FRAME = 20  # Foreground bias: about this many proposals score above 0.6.
 SUBSAMPLE = 4
 RANDOM_SHAPE = (256, 320)
 NUM_ROIS = 16
@@ -80,6 +86,39 @@ def network_taps(tv_model, images_nchw, roi_features_nchw) -> dict[str, np.ndarr
     return taps
 
 
+def pipeline_outputs(detector, frames_uint8) -> list[dict[str, np.ndarray]]:
+    """DeepLabCut's detector forward on whole frames, with the RPN proposals and the box
+    predictor's outputs captured on the way."""
+    import torch
+
+    tv_model, seen = detector.model, {}
+    hooks = [tv_model.rpn.register_forward_hook(lambda m, i, o: seen.update(proposals=o[0])),
+             tv_model.roi_heads.box_predictor.register_forward_hook(
+                 lambda m, i, o: seen.update(class_logits=o[0], box_deltas=o[1]))]
+    with torch.no_grad():
+        _, detections = detector(as_torch_batch(np.asarray(normalize_crops(frames_uint8))))
+    for h in hooks:
+        h.remove()
+    counts = [len(p) for p in seen['proposals']]
+    splits = np.cumsum(counts)[:-1]
+    logits = np.split(seen['class_logits'].numpy(), splits)
+    deltas = np.split(seen['box_deltas'].numpy(), splits)
+    return [{'proposals': p.numpy().copy(), 'class_logits': cl, 'box_deltas': bd,
+             'boxes': d['boxes'].numpy().copy(), 'scores': d['scores'].numpy().copy()}
+            for p, cl, bd, d in zip(seen['proposals'], logits, deltas, detections)]
+
+
+def foreground_bias(detector, frames_uint8) -> np.ndarray:
+    """The class-score bias that lets about DETECTIONS_PER_FRAME proposals per frame score > 0.6."""
+    outputs = pipeline_outputs(detector, frames_uint8)
+    margin = np.concatenate([o['class_logits'][:, 1] - o['class_logits'][:, 0] for o in outputs])
+    wanted = np.log(0.6 / 0.4) + 0.1  # Just above the threshold.
+    shift = wanted - np.quantile(margin, 1 - DETECTIONS_PER_FRAME * len(outputs) / margin.size)
+    bias = detector.state_dict()['model.roi_heads.box_predictor.cls_score.bias'].numpy().copy()
+    bias[1] += np.float32(shift)
+    return bias
+
+
 def compact(taps: dict, prefix: str) -> dict:
     out = {}
     for name, value in taps.items():
@@ -108,12 +147,17 @@ def main() -> None:
     detector.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     detector.eval()
 
-    calibrate(detector, as_torch_batch(np.asarray(normalize_crops(frames(CALIBRATION_FRAMES)))))
-    stats = {k: v.numpy().copy() for k, v in detector.state_dict().items()
-             if k.endswith(('running_mean', 'running_var'))}
-    state = synthetic.synthetic_state_dict(manifest, seed=SEED, overrides=stats)
+    calibration = frames(CALIBRATION_FRAMES)
+    calibrate(detector, as_torch_batch(np.asarray(normalize_crops(calibration))))
+    overrides = {k: v.numpy().copy() for k, v in detector.state_dict().items()
+                 if k.endswith(('running_mean', 'running_var'))}
+    overrides['model.roi_heads.box_predictor.cls_score.bias'] = foreground_bias(detector, calibration)
+    state = synthetic.synthetic_state_dict(manifest, seed=SEED, overrides=overrides)
     detector.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     detector.eval()
+    pipeline = {'frames': frames(PIPELINE_FRAMES)}
+    for i, out in enumerate(pipeline_outputs(detector, pipeline['frames'])):
+        pipeline.update({f'{i}/{k}': v for k, v in out.items()})
 
     random_input = synthetic.random_crops(RANDOM_SHAPE, 100, SEED)
     rois = np.random.default_rng([SEED, 11]).standard_normal((NUM_ROIS, 7, 7, 256)).astype(np.float32)
@@ -134,7 +178,8 @@ def main() -> None:
 
     np.savez_compressed(f'{args.out}/detector_golden.npz', **golden)
     np.savez_compressed(f'{args.out}/detector_golden_float64.npz', **golden64)
-    np.savez_compressed(f'{args.out}/detector_bn_stats.npz', **stats)
+    np.savez_compressed(f'{args.out}/detector_golden_pipeline.npz', **pipeline)
+    np.savez_compressed(f'{args.out}/detector_overrides.npz', **overrides)
     info = {
         'made_by': 'convert/make_detector_fixtures.py',
         'versions': {'deeplabcut': deeplabcut.__version__, 'torchvision': torchvision.__version__,

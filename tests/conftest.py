@@ -65,7 +65,7 @@ def detector_manifest() -> dict:
 @pytest.fixture(scope='session')
 def detector_state(detector_manifest) -> dict[str, np.ndarray]:
     """The synthetic detector weights the goldens were made with, checked bit for bit."""
-    with np.load(FIXTURES / 'detector_bn_stats.npz') as stats:
+    with np.load(FIXTURES / 'detector_overrides.npz') as stats:
         state = synthetic.synthetic_state_dict(detector_manifest['manifest'], seed=detector_manifest['seed'],
                                                overrides=dict(stats))
     digest = hashlib.sha256(b''.join(v.tobytes() for v in state.values())).hexdigest()
