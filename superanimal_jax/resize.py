@@ -1,0 +1,247 @@
+"""The detector's preprocessing: DeepLabCut's Normalize, then torchvision's GeneralizedRCNNTransform.
+
+What DeepLabCut 3.0.2 does to a frame before the Faster R-CNN (read in its source and run):
+both detector runner builders (``apis/utils.py::get_inference_runners`` and
+``get_detector_inference_runner``) use ``build_transforms(detector.data.inference)``; the
+SuperAnimal detector config has ``normalize_images: true`` and nothing else, so the transform is
+one albumentations ``Normalize`` (ImageNet mean/std):
+``(float32(v) - float32(mean) * 255) * float32(1 / (float32(std) * 255))``.  ``ToTensor`` makes
+float32 CHW (no /255), ``ToBatch`` adds the batch axis.  torchvision's ``GeneralizedRCNNTransform``
+(DeepLabCut passes no ``image_mean``/``image_std``, so the defaults) then normalises AGAIN:
+``(x - float32(mean)) / float32(std)``, a float32 division.  Both steps are per-channel functions
+of the uint8 value: :func:`normalization_table`.  Then each image is resized (:func:`resized_size`,
+:func:`resize_bilinear`), zero-padded bottom/right to multiples of 32 (:func:`padded_size`; zero in
+normalised space) and, after detection, boxes are scaled back (:func:`rescale_boxes`).
+
+Bilinear resize, bit-exact: torch's CPU kernels evaluate with FMAs (the compiler contracts
+them); which kernel runs depends on the call, and whether the source index is an FMA depends on
+the torch build (:func:`torch_cpu_bilinear_kernel`; measured on torch 2.13 and 2.15).  XLA also
+contracts as it likes (on CPU it made ``a * b + c * d`` into ``fma(a, b, c * d)``, which happens
+to be torch's choice; another backend or version may differ), so the FMAs here are emulated with
+error-free transformations whose every product is exact, which makes the result independent of
+contraction: splits by bit masks, TwoSum, and Boldo & Melquiond's correctly rounded sum of three
+floats (a round-to-odd inner addition).  Not valid under XLA fast-math (reassociation) or for
+values near float32 underflow/overflow.  Cost: ~60 ms per 480x640 frame on 2 CPU cores.
+Index/weight tables depend only on sizes and are built on the host (float64 with round-to-odd,
+i.e. an exactly rounded float32 FMA).  torch's CUDA kernel has the same formula, but nvcc's
+contraction choices were not checked.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+MIN_SIZE = 800
+MAX_SIZE = 1333
+SIZE_DIVISIBLE = 32
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+KERNELS = ('separable', 'channels_last')
+
+
+# ------------------------------------------------------------------------------------------
+# Sizes and the normalisation table (host)
+
+def resized_size(height: int, width: int, min_size: int = MIN_SIZE, max_size: int = MAX_SIZE
+                 ) -> tuple[int, int]:
+    """torchvision >= 0.16: ``scale = min(min_size / min(H, W), max_size / max(H, W))`` in Python
+    float64, output ``int(dim * scale)`` (truncation, as ``recompute_scale_factor=True`` does)."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return int(height * scale), int(width * scale)
+
+
+def padded_size(height: int, width: int, divisor: int = SIZE_DIVISIBLE) -> tuple[int, int]:
+    """``batch_images``: each side rounded up to a multiple of ``divisor``."""
+    return -(-height // divisor) * divisor, -(-width // divisor) * divisor
+
+
+def normalization_table() -> np.ndarray:
+    """``(256, 3)`` float32: the detector input for each uint8 value and RGB channel.
+
+    albumentations ``(f32(v) - f32(mean) * 255) * f32(1 / (f32(std) * 255))`` followed by
+    torchvision ``(x - f32(mean)) / f32(std)``, each operation rounded to float32."""
+    mean, std = np.float32(IMAGE_MEAN), np.float32(IMAGE_STD)
+    values = np.arange(256, dtype=np.float32)[:, None]
+    x = (values - mean * np.float32(255)) * (np.float32(1) / (std * np.float32(255)))
+    return ((x - mean) / std).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# Source indices and weights (host)
+
+def fma_host(a, b, c) -> np.ndarray:
+    """Exactly rounded float32 ``a * b + c`` in numpy: exact float64 product, float64 sum
+    rounded to odd (TwoSum error), then one rounding to float32."""
+    a, b, c = (np.asarray(v, np.float32).astype(np.float64) for v in (a, b, c))
+    p = a * b
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    even = (np.asarray(s).view(np.int64) & 1) == 0
+    s = np.where((err != 0) & even, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
+def source_indices(in_size: int, out_size: int, index_fma: bool = True):
+    """torch's ``compute_source_index_and_lambda`` (align_corners=False, ``scales=None``) for
+    every output index: ``(i0, i1, l0, l1)``, int32 and float32.
+
+    ``s = f32(in) / f32(out)``; ``src = max(0, fma(s, dst + 0.5, -0.5))`` (``index_fma``) or
+    ``max(0, f32(s * (dst + 0.5)) - 0.5)``;
+    ``i0 = min(floor(src), in - 1)``, ``i1 = min(i0 + 1, in - 1)``, ``l1 = clip(src - i0, 0, 1)``,
+    ``l0 = 1 - l1``; equal sizes copy (``i1 = i0``, ``l = (1, 0)``)."""
+    dst = np.arange(out_size)
+    if in_size == out_size:
+        return (dst.astype(np.int32), dst.astype(np.int32), np.ones(out_size, np.float32),
+                np.zeros(out_size, np.float32))
+    scale = np.float32(in_size) / np.float32(out_size)
+    centre = dst.astype(np.float32) + np.float32(0.5)
+    if index_fma:
+        src = fma_host(scale, centre, np.float32(-0.5))
+    else:
+        src = (scale * centre).astype(np.float32) - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    l1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+    return i0.astype(np.int32), i1.astype(np.int32), (np.float32(1) - l1).astype(np.float32), l1
+
+
+def torch_cpu_bilinear_kernel(out_h: int, out_w: int, channels: int = 3, num_threads: int = 2,
+                              torch_version: str = '2.13', channels_last: bool = False
+                              ) -> tuple[str, bool]:
+    """``(kernel, index_fma)`` that torch's CPU float ``upsample_bilinear2d`` computes with.
+
+    Kernel: ``'channels_last'`` when (channels-last input and C > 3) or ``out_h + out_w <= 128``
+    or (one thread and C == 3), else ``'separable'`` (the generic kernel); DeepLabCut's frames
+    take the generic one on multi-threaded CPUs.  ``index_fma``: measured True for both kernels
+    on torch 2.13 (DeepLabCut's lockfile), False for the generic kernel on torch 2.15; 2.14 is
+    unmeasured and assumed to be like 2.13."""
+    small = out_h + out_w <= 128
+    if (channels_last and channels > 3) or small or (num_threads == 1 and channels == 3):
+        return 'channels_last', True
+    major, minor = (int(v) for v in torch_version.split('+')[0].split('.')[:2])
+    return 'separable', (major, minor) < (2, 15)
+
+
+# ------------------------------------------------------------------------------------------
+# Contraction-proof float32 arithmetic (device)
+#
+# Every product below is exact (at most 12 x 12 significant bits), so an FMA the compiler may
+# form out of it rounds exactly as the separate multiply and add would.
+
+def _split(x):
+    """``x = hi + lo`` with ``hi`` rounded to 12 significant bits and ``|lo| <= ulp(hi) / 2``."""
+    bits = lax.bitcast_convert_type(x, jnp.uint32)
+    hi = lax.bitcast_convert_type((bits + jnp.uint32(0x800)) & jnp.uint32(0xFFFFF000), jnp.float32)
+    return hi, x - hi
+
+
+def _two_sum(a, b):
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def _add_odd(a, b):
+    """``a + b`` rounded to odd: if inexact, the neighbour with an odd last bit."""
+    s, err = _two_sum(a, b)
+    bits = lax.bitcast_convert_type(s, jnp.int32)
+    step = jnp.where((s > 0) == (err > 0), 1, -1).astype(jnp.int32)
+    odd = lax.bitcast_convert_type(bits + step, jnp.float32)
+    return jnp.where((err != 0) & ((bits & 1) == 0), odd, s)
+
+
+def _sum3(a, b, c):
+    """Correctly rounded ``a + b + c`` (Boldo & Melquiond 2008, algorithm with rounding to odd)."""
+    uh, ul = _two_sum(b, c)
+    th, tl = _two_sum(a, uh)
+    return th + _add_odd(tl, ul)
+
+
+def _product(x, y):
+    """``(p, e)``: ``p = x * y`` rounded to float32 and ``e = x * y - p`` exactly (Dekker)."""
+    xh, xl = _split(x)
+    yh, yl = _split(y)
+    high, mid, low = xh * yh, xh * yl + xl * yh, xl * yl
+    p = _sum3(high, mid, low)
+    return p, ((high - p) + mid) + low
+
+
+def mul(x, y):
+    """float32 ``x * y``, never contracted into a following addition."""
+    return _product(x, y)[0]
+
+
+def fma(x, y, z):
+    """float32 ``x * y + z`` with a single rounding, whatever the compiler contracts."""
+    p, e = _product(x, y)
+    return _sum3(p, e, z)
+
+
+# ------------------------------------------------------------------------------------------
+# Resize, preprocess, postprocess
+
+def resize_bilinear(image, out_h: int, out_w: int, kernel: str = 'separable',
+                    index_fma: bool = True):
+    """torch ``F.interpolate(mode='bilinear', align_corners=False)`` with ``scales=None`` on
+    float32 ``(..., H, W, C)``, bit for bit as torch's CPU kernels compute it (pick ``kernel`` and
+    ``index_fma`` with :func:`torch_cpu_bilinear_kernel`; indices from :func:`source_indices`).
+
+    ``'separable'`` (the generic kernel): ``top = fma(l0x, a, l1x * b)``,
+    ``bot = fma(l0x, c, l1x * d)``, ``out = fma(l0y, top, l1y * bot)``.
+    ``'channels_last'``: ``w.. = ly * lx``; ``out = fma(d, w11, fma(c, w10, fma(a, w00, b * w01)))``.
+    (a, b, c, d = pixels (y0, x0), (y0, x1), (y1, x0), (y1, x1).)"""
+    if kernel not in KERNELS:
+        raise ValueError(f'kernel must be one of {KERNELS}, got {kernel!r}')
+    image = jnp.asarray(image, jnp.float32)
+    in_h, in_w = image.shape[-3], image.shape[-2]
+    y0, y1, ly0, ly1 = source_indices(in_h, out_h, index_fma)
+    x0, x1, lx0, lx1 = source_indices(in_w, out_w, index_fma)
+    column = (slice(None), None)  # weights broadcast over the channel axis
+
+    def take(x, indices, axis):  # indices are in range by construction
+        return jnp.take(x, indices, axis=axis, mode='clip')
+
+    if kernel == 'separable':
+        a, b = take(image, x0, -2), take(image, x1, -2)
+        rows = fma(lx0[column], a, mul(lx1[column], b))
+        top, bot = take(rows, y0, -3), take(rows, y1, -3)
+        return fma(ly0[:, None, None], top, mul(ly1[:, None, None], bot))
+    top, bot = take(image, y0, -3), take(image, y1, -3)
+    a, b = take(top, x0, -2), take(top, x1, -2)
+    c, d = take(bot, x0, -2), take(bot, x1, -2)
+    w00, w01, w10, w11 = (mul(jnp.asarray(ly)[:, None, None], jnp.asarray(lx)[:, None])
+                          for ly in (ly0, ly1) for lx in (lx0, lx1))
+    return fma(d, w11, fma(c, w10, fma(a, w00, mul(b, w01))))
+
+
+def preprocess(frames, min_size: int = MIN_SIZE, max_size: int = MAX_SIZE,
+               divisor: int = SIZE_DIVISIBLE, kernel: str = 'separable', index_fma: bool = True):
+    """uint8 RGB ``(N, H, W, 3)`` -> ``(images (N, Hp, Wp, 3) float32, (h, w))``.
+
+    Table lookup (:func:`normalization_table`), bilinear resize to ``(h, w) = resized_size``
+    (defaults: torch 2.13's multi-threaded CPU arithmetic), zeros bottom/right up to
+    ``padded_size``.  Shapes depend only on ``(H, W)``: it jits once per frame size."""
+    frames = jnp.asarray(frames)
+    if frames.dtype != jnp.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f'expected uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}')
+    height, width = frames.shape[1:3]
+    h, w = resized_size(height, width, min_size, max_size)
+    hp, wp = padded_size(h, w, divisor)
+    table, values = normalization_table(), frames.astype(jnp.int32)
+    # One 1-D lookup per channel: XLA fuses it into the resize; a 2-D gather costs twice as much.
+    x = jnp.stack([jnp.take(table[:, c], values[..., c], mode='clip') for c in range(3)], -1)
+    x = resize_bilinear(x, h, w, kernel, index_fma)
+    return jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0))), (h, w)
+
+
+def rescale_boxes(boxes, resized: tuple[int, int], original: tuple[int, int]):
+    """torchvision ``resize_boxes`` in ``postprocess``: xyxy boxes ``(..., 4)`` from resized
+    ``(h, w)`` to original ``(H, W)`` pixels, ``x * f32(W) / f32(w)``, ``y * f32(H) / f32(h)``
+    (float32 ratios), no clipping."""
+    ratio_h = np.float32(original[0]) / np.float32(resized[0])
+    ratio_w = np.float32(original[1]) / np.float32(resized[1])
+    return jnp.asarray(boxes, jnp.float32) * jnp.asarray([ratio_w, ratio_h, ratio_w, ratio_h])
