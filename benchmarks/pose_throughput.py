@@ -17,12 +17,8 @@ uses (all cores).  Results go to ``benchmarks/results/`` as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -31,6 +27,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _common import describe, side_by_side, timed, write_report  # noqa: E402
 
 from superanimal_jax.conversion import convert_state_dict  # noqa: E402
 from superanimal_jax.converter import pose_rules  # noqa: E402
@@ -59,12 +57,6 @@ def our_variables(state: dict[str, np.ndarray] | None):
         return jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 256, 256, 3)))
     ignore, rules = pose_rules(config)
     return convert_state_dict(state, rules, ignore, variables_shape(config))[0]
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -99,7 +91,7 @@ def main() -> None:
             x_dev = jax.device_put(x)
             compile_s = timed(lambda: forward(variables, x_dev).block_until_ready())
             forward(variables, x_dev).block_until_ready()
-            ours, theirs = [], []
+            torch_call = None
             if torch_model is not None:
                 xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(torch_device)
                 torch_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
@@ -113,31 +105,13 @@ def main() -> None:
                     return out
 
                 torch_call()  # Warm-up.
-            for _ in range(args.repeats):
-                ours.append(timed(lambda: forward(variables, x_dev).block_until_ready()))
-                if torch_model is not None:
-                    theirs.append(timed(torch_call))
             row = {'dtype': dtype, 'batch': batch, 'compile_s': compile_s,
-                   'ours_crops_per_s': batch / statistics.median(ours),
-                   'ours_times_s': ours}
-            if theirs:
-                row.update({'deeplabcut_crops_per_s': batch / statistics.median(theirs),
-                            'deeplabcut_times_s': theirs})
-                row['ratio'] = row['ours_crops_per_s'] / row['deeplabcut_crops_per_s']
+                   **side_by_side(lambda: forward(variables, x_dev).block_until_ready(), torch_call,
+                                  args.repeats, batch, 'crops')}
             results.append(row)
-            print(f"{dtype} batch {batch}: ours {row['ours_crops_per_s']:.2f} crops/s "
-                  f"(compile {compile_s:.1f} s)"
-                  + (f", DeepLabCut {row['deeplabcut_crops_per_s']:.2f} crops/s, ratio "
-                     f"{row['ratio']:.2f}" if theirs else ''), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    device = jax.devices()[0].device_kind
-    report = {'benchmark': 'pose_throughput', 'backend': backend, 'device': device,
-              'cpu_count': os.cpu_count(), 'machine': platform.machine(),
-              'jax': jax.__version__, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-              'results': results}
-    path = args.out / f"pose_throughput_{backend}{'_' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(report, indent=2) + '\n')
-    print(f'wrote {path}')
+            print(f'{dtype} batch {batch}: {describe(row, "crops")} (compile {compile_s:.1f} s)',
+                  flush=True)
+    write_report('pose_throughput', results, args.out, args.tag)
 
 
 if __name__ == '__main__':

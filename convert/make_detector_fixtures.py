@@ -17,7 +17,8 @@
 4. Runs DeepLabCut's detector forward on two whole 480x640 frames and keeps the RPN proposals, the
    box predictor's outputs and the final detections (``detector_golden_pipeline.npz``, with the
    frames).  Before that, the class-score bias is shifted so that about 20 proposals per frame
-   score above the 0.6 threshold (a realistic handful of detections after NMS).
+   score above the 0.6 threshold (a realistic handful of detections after NMS).  The same for
+   the two frames resized (nearest neighbour) to 1280x720 and 1024x1024, checked by sha256.
 Takes about two minutes on 2 cores.
 """
 
@@ -37,7 +38,10 @@ SEED = 0
 CALIBRATION_FRAMES = ('img0000.png', 'img0030.png', 'img0060.png', 'img0090.png')
 GOLDEN_FRAME = 'img0045.png'
 PIPELINE_FRAMES = ('img0015.png', 'img0075.png')
+OTHER_SIZES = ((720, 1280), (1024, 1024))  # Pipeline frame j resized (synthetic.nearest_resize).
 DETECTIONS_PER_FRAME = 20  # Foreground bias: about this many proposals score above 0.6.
+RPN_DELTA_GAIN = 0.1  # He-initialised 1x1 box regressors give deltas of +-2 (boxes up to e^4 times
+# their anchor); a tenth gives the small refinements of a trained RPN.
 SUBSAMPLE = 4
 RANDOM_SHAPE = (256, 320)
 NUM_ROIS = 16
@@ -144,6 +148,8 @@ def main() -> None:
     tv_model = detector.model
     manifest = manifest_of(detector.state_dict())
     state = synthetic.synthetic_state_dict(manifest, seed=SEED)
+    rpn_box = 'model.rpn.head.bbox_pred.weight'
+    state[rpn_box] = state[rpn_box] * np.float32(RPN_DELTA_GAIN)
     detector.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     detector.eval()
 
@@ -151,6 +157,7 @@ def main() -> None:
     calibrate(detector, as_torch_batch(np.asarray(normalize_crops(calibration))))
     overrides = {k: v.numpy().copy() for k, v in detector.state_dict().items()
                  if k.endswith(('running_mean', 'running_var'))}
+    overrides[rpn_box] = state[rpn_box]
     overrides['model.roi_heads.box_predictor.cls_score.bias'] = foreground_bias(detector, calibration)
     state = synthetic.synthetic_state_dict(manifest, seed=SEED, overrides=overrides)
     detector.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
@@ -158,6 +165,12 @@ def main() -> None:
     pipeline = {'frames': frames(PIPELINE_FRAMES)}
     for i, out in enumerate(pipeline_outputs(detector, pipeline['frames'])):
         pipeline.update({f'{i}/{k}': v for k, v in out.items()})
+    other_frames = {}
+    for j, (h, w) in enumerate(OTHER_SIZES):
+        frame = synthetic.nearest_resize(pipeline['frames'][j], h, w)[None]
+        name = f'{h}x{w}'
+        other_frames[name] = hashlib.sha256(frame.tobytes()).hexdigest()
+        pipeline.update({f'{name}/{k}': v for k, v in pipeline_outputs(detector, frame)[0].items()})
 
     random_input = synthetic.random_crops(RANDOM_SHAPE, 100, SEED)
     rois = np.random.default_rng([SEED, 11]).standard_normal((NUM_ROIS, 7, 7, 256)).astype(np.float32)
@@ -186,6 +199,7 @@ def main() -> None:
                      'torch': torch.__version__, 'numpy': np.__version__},
         'seed': SEED, 'subsample': SUBSAMPLE, 'manifest': manifest,
         'random_input': {'shape': list(RANDOM_SHAPE), 'index': 100},
+        'resized_frames': other_frames,
         'rois': {'count': NUM_ROIS, 'stream': [SEED, 11]},
         'state_sha256': hashlib.sha256(b''.join(v.tobytes() for v in state.values())).hexdigest(),
     }

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from superanimal_jax import anchors, resize, roi_align, roi_heads, rpn
 from superanimal_jax.fpn import FPN, LEVELS
 from superanimal_jax.layers import Dtype
 from superanimal_jax.resnet import ResNet50Body
@@ -82,17 +83,25 @@ def variables_shape(num_classes: int = 2):
 
 
 class Detector:
-    """The detector network with its weights, compiled once per input shape.
+    """The detector with its weights: ``detect(frames)`` is DeepLabCut's detector stage.
 
-    ``features(images)``: preprocessed, padded NHWC images -> the named taps of
-    :meth:`DetectorNetwork.features`; ``classify(roi_features)`` -> class logits and box deltas.
+    ``frames``: uint8 RGB ``(N, H, W, 3)``.  One function is compiled per frame size and
+    ``max_detections``; everything inside has static shapes, with validity masks where
+    torchvision's counts vary.  ``features``/``classify`` expose the networks alone.
     """
 
-    def __init__(self, variables, *, dtype=jnp.float32):
+    def __init__(self, variables, *, score_threshold: float = 0.6, dtype=jnp.float32,
+                 nms_method: str = 'cpu', torch_version: str = '2.15'):
         self.network = DetectorNetwork(dtype=dtype)
+        # Which torch CPU resize arithmetic to reproduce (it changed in torch 2.15; the
+        # reference environment of DeepLabCut 3.0.2 resolves torch 2.15).
+        self.torch_version = torch_version
         self.variables = jax.device_put(variables)
+        self.score_threshold = score_threshold
+        self.nms_method = nms_method
         self._features = jax.jit(lambda v, x: self.network.apply(v, x, method='features'))
         self._classify = jax.jit(lambda v, r: self.network.apply(v, r, method='classify'))
+        self._detect = jax.jit(self._detect_batch, static_argnames=('max_detections', 'with_taps'))
 
     def features(self, images) -> dict:
         if np.ndim(images) != 4 or np.shape(images)[-1] != 3:
@@ -104,3 +113,43 @@ class Detector:
 
     def classify(self, roi_features):
         return self._classify(self.variables, roi_features)
+
+    def detect(self, frames, max_detections: int = 100, *, with_taps: bool = False) -> dict:
+        """``{'boxes': (N, K, 4) xyxy frame pixels, 'scores': (N, K), 'valid': (N, K)}``, sorted by
+        descending score, K = ``max_detections`` (at most torchvision's 100).  ``with_taps`` adds
+        the RPN proposals and the box predictor's outputs for parity checks."""
+        shape, dtype = np.shape(frames), getattr(frames, 'dtype', None)
+        if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
+            raise ValueError(f'frames must be uint8 RGB (N, H, W, 3), got {dtype} {shape}')
+        if not 1 <= max_detections <= 100:
+            raise ValueError(f'max_detections must be in 1..100, got {max_detections}')
+        return self._detect(self.variables, frames, max_detections=max_detections, with_taps=with_taps)
+
+    def _detect_batch(self, variables, frames, max_detections: int, with_taps: bool):
+        kernel, index_fma = resize.torch_cpu_bilinear_kernel(
+            *resize.resized_size(*frames.shape[1:3]), torch_version=self.torch_version)
+        images, image_size = resize.preprocess(frames, kernel=kernel, index_fma=index_fma)
+        padded = images.shape[1:3]
+        level_shapes = anchors.fpn_feature_sizes(padded)
+        grid = jnp.asarray(anchors.grid_anchors(level_shapes, padded))
+        level_sizes = anchors.anchors_per_level(level_shapes)
+        taps = self.network.apply(variables, images, method='features')
+        scales = roi_align.infer_scales([taps[f'fpn/{k}'].shape[1:] for k in LEVELS[:4]], image_size)
+
+        def one_image(logits, deltas, *pyramid):
+            proposals, proposal_valid = rpn.filter_proposals(
+                logits, deltas, grid, level_sizes, image_size, nms_method=self.nms_method)
+            pooled = roi_align.multiscale_roi_align(pyramid, proposals, scales)
+            class_logits, box_deltas = self.network.apply(variables, pooled, method='classify')
+            found = roi_heads.postprocess_detections(
+                class_logits, box_deltas, proposals, proposal_valid, image_size,
+                score_threshold=self.score_threshold, max_detections=max_detections)
+            return found, (proposals, proposal_valid, class_logits, box_deltas)
+
+        (boxes_, scores, valid), extra = jax.vmap(one_image)(
+            taps['rpn_logits'], taps['rpn_deltas'], *[taps[f'fpn/{k}'] for k in LEVELS[:4]])
+        out = {'boxes': resize.rescale_boxes(boxes_, image_size, frames.shape[1:3]),
+               'scores': scores, 'valid': valid}
+        if with_taps:
+            out.update(zip(('proposals', 'proposal_valid', 'class_logits', 'box_deltas'), extra))
+        return out

@@ -72,6 +72,14 @@ def random_crops(shape: tuple[int, int], index: int, seed: int = 0) -> np.ndarra
     return np.random.default_rng([seed, 7, index]).standard_normal((1, *shape, 3)).astype(np.float32)
 
 
+def nearest_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``frame`` (H, W, C) at another size by nearest-neighbour integer indexing (exact anywhere):
+    real content for testing other frame sizes without storing more frames."""
+    rows = np.arange(height) * frame.shape[0] // height
+    cols = np.arange(width) * frame.shape[1] // width
+    return frame[rows][:, cols]
+
+
 def to_seed_layout(state: Mapping[str, np.ndarray],
                    extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """DeepLabCut 3 key names -> the seed file's legacy head names, plus timm classifier tensors."""

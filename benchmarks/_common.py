@@ -1,0 +1,53 @@
+"""Timing helpers shared by the benchmarks: alternate ours/theirs, medians, JSON reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def side_by_side(ours, theirs, repeats: int, items: int, unit: str) -> dict:
+    """Alternate ``ours()`` and ``theirs()`` (``theirs`` may be None) ``repeats`` times, after the
+    callers' warm-up; both must block until their results are ready."""
+    ours_s, theirs_s = [], []
+    for _ in range(repeats):
+        ours_s.append(timed(ours))
+        if theirs is not None:
+            theirs_s.append(timed(theirs))
+    row = {f'ours_{unit}_per_s': items / statistics.median(ours_s), 'ours_times_s': ours_s}
+    if theirs_s:
+        row[f'deeplabcut_{unit}_per_s'] = items / statistics.median(theirs_s)
+        row['deeplabcut_times_s'] = theirs_s
+        row['ratio'] = row[f'ours_{unit}_per_s'] / row[f'deeplabcut_{unit}_per_s']
+    return row
+
+
+def describe(row: dict, unit: str) -> str:
+    text = f"ours {row[f'ours_{unit}_per_s']:.2f} {unit}/s"
+    if 'ratio' in row:
+        text += f", DeepLabCut {row[f'deeplabcut_{unit}_per_s']:.2f} {unit}/s, ratio {row['ratio']:.2f}"
+    return text
+
+
+def write_report(name: str, results: list, out: Path, tag: str = '') -> Path:
+    backend = jax.default_backend()
+    report = {'benchmark': name, 'backend': backend, 'device': jax.devices()[0].device_kind,
+              'cpu_count': os.cpu_count(), 'machine': platform.machine(), 'jax': jax.__version__,
+              'xla_flags': os.environ.get('XLA_FLAGS', ''), 'results': results}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}_{backend}{'_' + tag if tag else ''}.json"
+    path.write_text(json.dumps(report, indent=2) + '\n')
+    print(f'wrote {path}')
+    return path

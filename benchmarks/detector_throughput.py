@@ -1,0 +1,96 @@
+"""Detector frames/s: superanimal-jax vs DeepLabCut 3.0.2's torchvision Faster R-CNN, same run.
+
+Run inside the reference environment (it has both stacks):
+
+    .ref/bin/python benchmarks/detector_throughput.py                    # 640x480 openfield frames
+    .ref/bin/python benchmarks/detector_throughput.py --batch-sizes 1 4 --repeats 5
+
+Both sides get the test suite's synthetic detector weights (BatchNorm calibrated, a realistic
+handful of detections) and the same uint8 RGB frames.  Each timed call is the whole detector
+stage from uint8 frames: DeepLabCut's Normalize + its detector forward (torchvision's transform,
+backbone, RPN, RoI heads, post-processing) vs our jitted ``Detector.detect``.  Calls alternate;
+medians over ``--repeats``; our first call (trace + compile) is reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'convert'))
+
+from _common import describe, side_by_side, timed, write_report  # noqa: E402
+
+from superanimal_jax import normalize_crops, synthetic  # noqa: E402
+from superanimal_jax.conversion import convert_state_dict  # noqa: E402
+from superanimal_jax.converter import detector_rules  # noqa: E402
+from superanimal_jax.detector import Detector, variables_shape  # noqa: E402
+
+FIXTURES = ROOT / 'tests' / 'fixtures'
+
+
+def synthetic_state() -> dict[str, np.ndarray]:
+    manifest = json.loads((FIXTURES / 'detector_manifest.json').read_text())
+    with np.load(FIXTURES / 'detector_overrides.npz') as overrides:
+        return synthetic.synthetic_state_dict(manifest['manifest'], seed=manifest['seed'],
+                                              overrides=dict(overrides))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1])
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results')
+    parser.add_argument('--tag', default='')
+    args = parser.parse_args()
+
+    state = synthetic_state()
+    ignore, rules = detector_rules()
+    detector = Detector(convert_state_dict(state, rules, ignore, variables_shape())[0])
+    try:
+        import torch
+        from _reference import superanimal_config
+        from deeplabcut.pose_estimation_pytorch.models.detectors import DETECTORS
+    except ImportError:
+        print('DeepLabCut not importable: measuring superanimal-jax only')
+        reference = None
+    else:
+        torch.set_num_threads(os.cpu_count())
+        reference = DETECTORS.build(superanimal_config()['detector']['model'])
+        reference.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+        reference.eval()
+    with np.load(FIXTURES / 'detector_golden_pipeline.npz') as golden:
+        openfield = golden['frames']  # Two 480x640 openfield frames.
+
+    results = []
+    for batch in args.batch_sizes:
+        frames = np.concatenate([openfield] * (batch // 2 + 1))[:batch]
+        compile_s = timed(lambda: jax.block_until_ready(detector.detect(frames)))
+        theirs = None
+        if reference is not None:
+            def theirs():
+                with torch.inference_mode():
+                    x = torch.from_numpy(np.asarray(normalize_crops(frames))).permute(0, 3, 1, 2)
+                    return reference(x.contiguous())
+
+            theirs()  # Warm-up.
+        jax.block_until_ready(detector.detect(frames))
+        row = {'batch': batch, 'frame': list(frames.shape[1:3]), 'compile_s': compile_s,
+               **side_by_side(lambda: jax.block_until_ready(detector.detect(frames)), theirs,
+                              args.repeats, batch, 'frames')}
+        results.append(row)
+        print(f'batch {batch} at {frames.shape[2]}x{frames.shape[1]}: {describe(row, "frames")} '
+              f'(compile {compile_s:.1f} s)', flush=True)
+    write_report('detector_throughput', results, args.out, args.tag)
+
+
+if __name__ == '__main__':
+    main()
