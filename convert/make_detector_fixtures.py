@@ -38,6 +38,7 @@ SEED = 0
 CALIBRATION_FRAMES = ('img0000.png', 'img0030.png', 'img0060.png', 'img0090.png')
 GOLDEN_FRAME = 'img0045.png'
 PIPELINE_FRAMES = ('img0015.png', 'img0075.png')
+ROI_ROWS, ROI_CHANNELS = 32, 16
 OTHER_SIZES = ((720, 1280), (1024, 1024))  # Pipeline frame j resized (synthetic.nearest_resize).
 DETECTIONS_PER_FRAME = 20  # Foreground bias: about this many proposals score above 0.6.
 RPN_DELTA_GAIN = 0.1  # He-initialised 1x1 box regressors give deltas of +-2 (boxes up to e^4 times
@@ -97,6 +98,8 @@ def pipeline_outputs(detector, frames_uint8) -> list[dict[str, np.ndarray]]:
 
     tv_model, seen = detector.model, {}
     hooks = [tv_model.rpn.register_forward_hook(lambda m, i, o: seen.update(proposals=o[0])),
+             tv_model.roi_heads.box_roi_pool.register_forward_hook(
+                 lambda m, i, o: seen.update(roi_features=o)),
              tv_model.roi_heads.box_predictor.register_forward_hook(
                  lambda m, i, o: seen.update(class_logits=o[0], box_deltas=o[1]))]
     with torch.no_grad():
@@ -107,9 +110,14 @@ def pipeline_outputs(detector, frames_uint8) -> list[dict[str, np.ndarray]]:
     splits = np.cumsum(counts)[:-1]
     logits = np.split(seen['class_logits'].numpy(), splits)
     deltas = np.split(seen['box_deltas'].numpy(), splits)
+    pooled = np.split(nhwc(seen['roi_features']), splits)
+    # RoI features are 12.5M values a frame: keep the first ROI_ROWS RoIs, every ROI_CHANNELS-th
+    # channel, and the full max-abs.
     return [{'proposals': p.numpy().copy(), 'class_logits': cl, 'box_deltas': bd,
+             'roi_features': f[:ROI_ROWS, :, :, ::ROI_CHANNELS].copy(),
+             'roi_features_maxabs': np.float32(np.abs(f).max()),
              'boxes': d['boxes'].numpy().copy(), 'scores': d['scores'].numpy().copy()}
-            for p, cl, bd, d in zip(seen['proposals'], logits, deltas, detections)]
+            for p, cl, bd, f, d in zip(seen['proposals'], logits, deltas, pooled, detections)]
 
 
 def foreground_bias(detector, frames_uint8) -> np.ndarray:

@@ -117,7 +117,8 @@ class Detector:
     def detect(self, frames, max_detections: int = 100, *, with_taps: bool = False) -> dict:
         """``{'boxes': (N, K, 4) xyxy frame pixels, 'scores': (N, K), 'valid': (N, K)}``, sorted by
         descending score, K = ``max_detections`` (at most torchvision's 100).  ``with_taps`` adds
-        the RPN proposals and the box predictor's outputs for parity checks."""
+        the RPN proposals (and their validity), the pooled RoI features and the box predictor's
+        outputs, for parity checks."""
         shape, dtype = np.shape(frames), getattr(frames, 'dtype', None)
         if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
             raise ValueError(f'frames must be uint8 RGB (N, H, W, 3), got {dtype} {shape}')
@@ -144,12 +145,13 @@ class Detector:
             found = roi_heads.postprocess_detections(
                 class_logits, box_deltas, proposals, proposal_valid, image_size,
                 score_threshold=self.score_threshold, max_detections=max_detections)
-            return found, (proposals, proposal_valid, class_logits, box_deltas)
+            return found, (proposals, proposal_valid, pooled, class_logits, box_deltas)
 
         (boxes_, scores, valid), extra = jax.vmap(one_image)(
             taps['rpn_logits'], taps['rpn_deltas'], *[taps[f'fpn/{k}'] for k in LEVELS[:4]])
         out = {'boxes': resize.rescale_boxes(boxes_, image_size, frames.shape[1:3]),
                'scores': scores, 'valid': valid}
         if with_taps:
-            out.update(zip(('proposals', 'proposal_valid', 'class_logits', 'box_deltas'), extra))
+            out.update(zip(('proposals', 'proposal_valid', 'roi_features', 'class_logits', 'box_deltas'),
+                           extra))
         return out

@@ -73,8 +73,9 @@ def test_proposals_are_the_same_set(detected, golden, frame):
 
 
 @pytest.mark.parametrize('frame', CASES)
-def test_class_logits_for_the_reference_proposals(detector, golden, frames_of, frame):
-    """Box head on the reference's proposals, pooled from our FPN: the acceptance's RoI tap."""
+def test_roi_features_and_logits_for_the_reference_proposals(detector, golden, frames_of, frame):
+    """RoI features pooled from our FPN for the reference's own proposals, and the box head's
+    outputs on them."""
     from superanimal_jax import resize
     from superanimal_jax.fpn import LEVELS
 
@@ -86,6 +87,11 @@ def test_class_logits_for_the_reference_proposals(detector, golden, frames_of, f
     pyramid = [taps[f'fpn/{k}'][0] for k in LEVELS[:4]]
     scales = roi_align.infer_scales([p.shape for p in pyramid], size)
     pooled = roi_align.multiscale_roi_align(pyramid, golden[f'{frame}/proposals'], scales)
+    ref = golden[f'{frame}/roi_features']  # First RoIs, every n-th channel (see the fixture script).
+    ours = np.asarray(pooled)[:ref.shape[0], :, :, ::256 // ref.shape[-1]]
+    error = np.abs(ours - ref).max() / golden[f'{frame}/roi_features_maxabs']
+    print(f'frame {frame} roi_features: relative max-abs error {error:.1e}')
+    assert error <= LIMIT
     logits, deltas = detector.classify(pooled)
     for name, ours in (('class_logits', logits), ('box_deltas', deltas)):
         ref = golden[f'{frame}/{name}']
