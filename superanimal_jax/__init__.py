@@ -1,14 +1,15 @@
-"""superanimal-jax: DeepLabCut's SuperAnimal-TopViewMouse models in JAX/Flax."""
+"""superanimal-jax: DeepLabCut's SuperAnimal-TopViewMouse pose model and detector in JAX/Flax."""
 
 __version__ = '0.1.0'
 
 from superanimal_jax.conversion import ConversionError
 from superanimal_jax.converter import convert
+from superanimal_jax.detector import Detector
 from superanimal_jax.model import PoseEstimator, SuperAnimalModel, load
 from superanimal_jax.model_dir import ModelDirError
 from superanimal_jax.pose import TOPVIEWMOUSE_KEYPOINTS, decode_heatmaps, normalize_crops
 
 __all__ = [
-    'ConversionError', 'ModelDirError', 'PoseEstimator', 'SuperAnimalModel', 'TOPVIEWMOUSE_KEYPOINTS',
+    'ConversionError', 'Detector', 'ModelDirError', 'PoseEstimator', 'SuperAnimalModel', 'TOPVIEWMOUSE_KEYPOINTS',
     '__version__', 'convert', 'decode_heatmaps', 'load', 'normalize_crops',
 ]

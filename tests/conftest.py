@@ -76,3 +76,14 @@ def detector_state(detector_manifest) -> dict[str, np.ndarray]:
 @pytest.fixture(scope='session')
 def detector_checkpoints(detector_state, tmp_path_factory) -> dict[str, Path]:
     return synthetic.write_detector_checkpoints(detector_state, tmp_path_factory.mktemp('det'))
+
+
+@pytest.fixture(scope='session')
+def detector_variables(detector_state) -> dict:
+    """The synthetic detector weights converted in memory (no file)."""
+    from superanimal_jax.conversion import convert_state_dict
+    from superanimal_jax.converter import detector_rules
+    from superanimal_jax.detector import variables_shape
+
+    ignore, rules = detector_rules()
+    return convert_state_dict(detector_state, rules, ignore, variables_shape(), source='detector')[0]

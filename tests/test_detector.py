@@ -15,18 +15,15 @@ import pytest
 from conftest import FIXTURES
 from superanimal_jax import roi_align, synthetic
 from superanimal_jax.boxes import pairwise_iou
-from superanimal_jax.conversion import convert_state_dict
-from superanimal_jax.converter import detector_rules
-from superanimal_jax.detector import Detector, variables_shape
+from superanimal_jax.detector import Detector
 
 LIMIT = 1e-4
 CASES = ['0', '1', '720x1280', '1024x1024']  # Openfield frames 0 and 1, and resized.
 
 
 @pytest.fixture(scope='module')
-def detector(detector_state):
-    ignore, rules = detector_rules()
-    return Detector(convert_state_dict(detector_state, rules, ignore, variables_shape())[0])
+def detector(detector_variables):
+    return Detector(detector_variables)
 
 
 @pytest.fixture(scope='module')

@@ -17,9 +17,8 @@ LIMIT = 1e-4  # Relative max-abs error, per tap.
 
 
 @pytest.fixture(scope='module')
-def variables(detector_state):
-    ignore, rules = detector_rules()
-    return convert_state_dict(detector_state, rules, ignore, variables_shape(), source='detector')[0]
+def variables(detector_variables):
+    return detector_variables
 
 
 @pytest.fixture(scope='module')
