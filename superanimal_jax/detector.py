@@ -126,10 +126,15 @@ class Detector:
             raise ValueError(f'max_detections must be in 1..100, got {max_detections}')
         return self._detect(self.variables, frames, max_detections=max_detections, with_taps=with_taps)
 
-    def _detect_batch(self, variables, frames, max_detections: int, with_taps: bool):
+    def preprocess(self, frames):
+        """uint8 frames -> (normalised, resized, padded images, resized size ``(h, w)``), with
+        the resize arithmetic of ``torch_version``'s CPU kernel (:mod:`superanimal_jax.resize`)."""
         kernel, index_fma = resize.torch_cpu_bilinear_kernel(
             *resize.resized_size(*frames.shape[1:3]), torch_version=self.torch_version)
-        images, image_size = resize.preprocess(frames, kernel=kernel, index_fma=index_fma)
+        return resize.preprocess(frames, kernel=kernel, index_fma=index_fma)
+
+    def _detect_batch(self, variables, frames, max_detections: int, with_taps: bool):
+        images, image_size = self.preprocess(frames)
         padded = images.shape[1:3]
         level_shapes = anchors.fpn_feature_sizes(padded)
         grid = jnp.asarray(anchors.grid_anchors(level_shapes, padded))

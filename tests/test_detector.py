@@ -73,13 +73,9 @@ def test_proposals_are_the_same_set(detected, golden, frame):
 def test_roi_features_and_logits_for_the_reference_proposals(detector, golden, frames_of, frame):
     """RoI features pooled from our FPN for the reference's own proposals, and the box head's
     outputs on them."""
-    from superanimal_jax import resize
     from superanimal_jax.fpn import LEVELS
 
-    frames = frames_of[frame]
-    size = resize.resized_size(*frames.shape[1:3])
-    kernel, index_fma = resize.torch_cpu_bilinear_kernel(*size, torch_version=detector.torch_version)
-    images, size = resize.preprocess(frames, kernel=kernel, index_fma=index_fma)
+    images, size = detector.preprocess(frames_of[frame])
     taps = detector.features(images)
     pyramid = [taps[f'fpn/{k}'][0] for k in LEVELS[:4]]
     scales = roi_align.infer_scales([p.shape for p in pyramid], size)
