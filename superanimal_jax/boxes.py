@@ -32,13 +32,14 @@ RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 ROI_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
 
-def rounded(x):
+def rounded(x, nan: float = float('nan')):
     """``x`` unchanged, but materialised as a rounded float32 value.
 
-    An identity select (``isnan(x) ? NaN : x``) that XLA's simplifier cannot remove and LLVM does
+    An identity select (``isnan(x) ? nan : x``) that XLA's simplifier cannot remove and LLVM does
     not look through, so a following ``+``/``-`` is not fused with the product into an FMA.
+    Only NaN entries change (to ``nan``; RoIAlign uses 0 to keep padding rows finite).
     """
-    return jnp.where(jnp.isnan(x), jnp.asarray(jnp.nan, x.dtype), x)
+    return jnp.where(jnp.isnan(x), jnp.asarray(nan, x.dtype), x)
 
 
 def divide(x, divisor):

@@ -21,7 +21,7 @@ all float32, each operation rounded once, in this order:
 This matches torchvision's CPU kernel bit for bit (tests/test_roi_align.py).  Two things stand
 in the way in XLA and are defeated explicitly: its CPU backend contracts ``a * b + c`` into one
 fused multiply-add (one rounding instead of two), and it turns a division by a constant into a
-multiplication by the rounded reciprocal.  See :func:`_rounded` and :func:`_divide`.
+multiplication by the rounded reciprocal.  See :func:`superanimal_jax.boxes.rounded` and :func:`superanimal_jax.boxes.divide`.
 
 Level assignment (torchvision's ``LevelMapper``, FPN paper eq. 1, float32):
 ``level = clamp(floor(4 + log2(sqrt(area) / 224) + 1e-6), k_min, k_max) - k_min`` with
@@ -41,6 +41,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from superanimal_jax.boxes import divide, rounded
+
 # The detector pools FPN levels '0'..'3' of a ResNet-FPN (strides 4..32).
 FPN_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 CANONICAL_SCALE = 224
@@ -52,21 +54,8 @@ LEVEL_EPS = 1e-6
 # Float32 arithmetic as C++ compiles it (no contraction, true division)
 # ---------------------------------------------------------------------------------------------
 
-def _rounded(x):
-    """``x``, kept as a rounded value: XLA's CPU backend fuses a product into a following sum
-    (``fma``, one rounding).  A select on a runtime condition between them prevents that; the
-    condition is ``isnan`` so only NaN changes (to 0)."""
-    return jnp.where(jnp.isnan(x), jnp.zeros_like(x), x)
-
-
-def _divide(x, n: int):
-    """``x / n`` correctly rounded.  XLA rewrites a division by a constant into a multiplication
-    by the rounded reciprocal (off by one ulp for about half the inputs when ``n`` = 7); a divisor
-    it cannot prove constant (``n + 0 * x``) keeps the true division.  Exact shortcut for powers
-    of two."""
-    if n & (n - 1) == 0:
-        return x * np.float32(1 / n)
-    return x / (np.float32(n) + np.float32(0) * x)
+# The FMA-contraction guard of :mod:`superanimal_jax.boxes`, with NaN -> 0 so padding rows stay finite.
+_rounded = functools.partial(rounded, nan=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +166,7 @@ def _samples(start, bin_size, size, pooled: int, sampling_ratio: int):
     bins = np.arange(pooled, dtype=np.float32)
     sub = np.arange(sampling_ratio, dtype=np.float32) + np.float32(0.5)
     base = start[:, None] + _rounded(bins * bin_size[:, None])                      # (R, P)
-    offset = _rounded(_divide(_rounded(sub * bin_size[:, None]), sampling_ratio))   # (R, n)
+    offset = _rounded(divide(_rounded(sub * bin_size[:, None]), sampling_ratio))   # (R, n)
     coord = (base[:, :, None] + offset[:, None, :]).reshape(start.shape[0], -1)     # (R, P*n)
     extent = size.astype(jnp.float32)[:, None]
     inside = (coord >= -1) & (coord <= extent)
@@ -208,8 +197,8 @@ def _roi_align_table(table, rois, scale, height, width, offset, output_size, sam
     start_x, start_y = _rounded(x1 * scale), _rounded(y1 * scale)
     roi_w = jnp.maximum(_rounded(x2 * scale) - start_x, 1)
     roi_h = jnp.maximum(_rounded(y2 * scale) - start_y, 1)
-    yl, yh, wyl, wyh, y_in = _samples(start_y, _divide(roi_h, pooled_h), height, pooled_h, n)
-    xl, xh, wxl, wxh, x_in = _samples(start_x, _divide(roi_w, pooled_w), width, pooled_w, n)
+    yl, yh, wyl, wyh, y_in = _samples(start_y, divide(roi_h, pooled_h), height, pooled_h, n)
+    xl, xh, wxl, wxh, x_in = _samples(start_x, divide(roi_w, pooled_w), width, pooled_w, n)
 
     # (R, Py*n, Px*n) corner indices, weights and masks; corners in the kernel's order.
     rows_l = (offset[:, None] + yl * width[:, None])[:, :, None]
@@ -233,7 +222,7 @@ def _roi_align_table(table, rois, scale, height, width, offset, output_size, sam
     for iy in range(n):
         for ix in range(n):
             total = val[:, :, iy, :, ix] if total is None else total + val[:, :, iy, :, ix]
-    return _divide(total, n * n)
+    return divide(total, n * n)
 
 
 def roi_align(features, rois, spatial_scale: float, output_size=7, sampling_ratio: int = 2):
