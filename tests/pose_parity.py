@@ -51,7 +51,7 @@ def check_taps(pose, golden, inputs, subsample: int | None) -> dict[str, float]:
         print(f'\n{name}: ' + ', '.join(f'{t} {e:.2e}' for t, e in errors.items()))
         for tap, e in errors.items():
             worst[tap] = max(worst.get(tap, 0.0), e)
-    print(f'\nworst per tap: ' + ', '.join(f'{t} {e:.2e}' for t, e in worst.items()))
+    print('\nworst per tap: ' + ', '.join(f'{t} {e:.2e}' for t, e in worst.items()))
     print(f'over the {TARGET:g} target: {sorted(t for t, e in worst.items() if e > TARGET) or "none"}')
     assert max(worst.values()) <= LIMIT, worst
     return worst
