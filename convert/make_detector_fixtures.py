@@ -16,8 +16,9 @@
    random RoI features; RPN and box-head outputs also in float64 for the random input.
 4. Runs DeepLabCut's detector forward on two whole 480x640 frames and keeps the RPN proposals, the
    box predictor's outputs and the final detections (``detector_golden_pipeline.npz``, with the
-   frames).  Before that, the class-score bias is shifted so that about 20 proposals per frame
-   score above the 0.6 threshold (a realistic handful of detections after NMS).  The same for
+   frames), and the same detections in float64 (``detector_golden_float64.npz``).  Before
+   that, the class-score bias is shifted so that about 20 proposals per frame score above the
+   0.6 threshold (a realistic handful of detections after NMS).  The same for
    the two frames resized (nearest neighbour) to 1280x720 and 1024x1024, checked by sha256.
 Takes about two minutes on 2 cores.
 """
@@ -196,6 +197,15 @@ def main() -> None:
     tv_model.double()
     taps64 = network_taps(tv_model, as_torch_batch(random_input).double(), as_torch_batch(rois).double())
     golden64 = {k: taps64[k] for k in ('rpn_logits', 'rpn_deltas', 'class_logits', 'box_deltas')}
+    # The reference's own float64 detections: how far its float32 run is from exact arithmetic.
+    pipeline_frames = {'0': pipeline['frames'][:1], '1': pipeline['frames'][1:]}
+    for j, (h, w) in enumerate(OTHER_SIZES):
+        pipeline_frames[f'{h}x{w}'] = synthetic.nearest_resize(pipeline['frames'][j], h, w)[None]
+    for name, frame in pipeline_frames.items():
+        with torch.no_grad():
+            _, (found,) = detector(as_torch_batch(np.asarray(normalize_crops(frame))).double())
+        golden64[f'{name}/boxes'] = found['boxes'].numpy().copy()
+        golden64[f'{name}/scores'] = found['scores'].numpy().copy()
 
     np.savez_compressed(f'{args.out}/detector_golden.npz', **golden)
     np.savez_compressed(f'{args.out}/detector_golden_float64.npz', **golden64)

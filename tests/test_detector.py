@@ -93,22 +93,39 @@ def test_roi_features_and_logits_for_the_reference_proposals(detector, golden, f
         assert error <= LIMIT, (name, error)
 
 
+@pytest.fixture(scope='module')
+def golden64():
+    with np.load(FIXTURES / 'detector_golden_float64.npz') as g:
+        return dict(g)
+
+
+def reference_rounding_iou(golden, golden64, frame) -> np.ndarray:
+    """For each of the reference's float32 boxes, its IoU with the same box from the reference's
+    own float64 run (matched by coordinates; the order can differ where scores nearly tie)."""
+    ref32, ref64 = golden[f'{frame}/boxes'], golden64[f'{frame}/boxes']
+    index, _ = match(ref64, ref32)
+    return np.asarray(pairwise_iou(ref32.astype(np.float64), ref64[index])).diagonal()
+
+
 @pytest.mark.parametrize('frame', CASES)
-def test_detections_match(detected, golden, frame):
+def test_detections_match(detected, golden, golden64, frame):
     ref_boxes, ref_scores = golden[f'{frame}/boxes'], golden[f'{frame}/scores']
     valid = detected[frame]['valid']
     boxes, scores = detected[frame]['boxes'][valid], detected[frame]['scores'][valid]
     assert len(boxes) == len(ref_boxes) > 0
     iou = np.diag(np.asarray(pairwise_iou(boxes, ref_boxes)))  # Both sorted by descending score.
     difference = np.abs(boxes - ref_boxes).max()
-    side = np.minimum(ref_boxes[:, 2] - ref_boxes[:, 0], ref_boxes[:, 3] - ref_boxes[:, 1])
+    own = reference_rounding_iou(golden, golden64, frame)
+    worst = iou.argmin()
     print(f'frame {frame}: {len(boxes)} detections, max coordinate difference {difference:.1e} px, '
-          f'min IoU {iou.min():.6f} (boxes of side >= 2 px: {iou[side >= 2].min():.6f}), '
+          f'min IoU {iou.min():.6f} (box {ref_boxes[worst].round(2).tolist()}; the reference\'s '
+          f'own float32-vs-float64 IoU there {own[worst]:.6f}), '
           f'max |score diff| {np.abs(scores - ref_scores).max():.1e}')
     assert difference <= 0.01
-    # IoU is ill-conditioned for slivers clipped at the border (a 16 x 0.78 px box at 1280x720
-    # loses 0.0015 IoU to a 0.001 px difference), so it is required where a side is >= 2 px.
-    assert iou[side >= 2].min() >= 0.999
+    # IoU >= 0.999, except where the reference's own float32 result is further than that from
+    # its float64 result: a 16 x 0.78 px sliver clipped at the 1280x720 border loses 0.0015 IoU
+    # to a 0.001 px difference, and 0.008 between torchvision float32 and float64.
+    assert np.all(iou >= np.minimum(0.999, own)), (iou.min(), own[iou.argmin()])
     np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=LIMIT)
     assert np.all(np.diff(scores) <= 0)
 
