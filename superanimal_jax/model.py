@@ -12,8 +12,9 @@ import numpy as np
 from superanimal_jax import model_dir
 from superanimal_jax.detector import Detector
 from superanimal_jax.detector import variables_shape as detector_variables_shape
+from superanimal_jax.pipeline import TopDownPipeline
 from superanimal_jax.pose import (POSE_VARIANTS, PoseConfig, PoseNetwork, decode_heatmaps,
-                                  variables_shape)
+                                  normalize_crops, variables_shape)
 
 
 class PoseEstimator:
@@ -33,6 +34,8 @@ class PoseEstimator:
         self._heatmaps = jax.jit(lambda v, x: self.network.apply(v, x)['heatmaps'])
         self._keypoints = jax.jit(
             lambda v, x: decode_heatmaps(self.network.apply(v, x)['heatmaps'], config.stride))
+        self._keypoints_uint8 = jax.jit(lambda v, x: decode_heatmaps(
+            self.network.apply(v, normalize_crops(x))['heatmaps'], config.stride))
 
     def _check(self, crops):
         shape, dtype = np.shape(crops), getattr(crops, 'dtype', None)
@@ -53,6 +56,13 @@ class PoseEstimator:
         """``(N, K, 3)``: x, y in crop pixels (cell centres ``4k + 2``) and score in [0, 1]."""
         return self._keypoints(self.variables, self._check(crops))
 
+    def keypoints_uint8(self, crops) -> jax.Array:
+        """:meth:`keypoints` of uint8 RGB crops, normalised on the device as DeepLabCut does."""
+        shape, dtype = np.shape(crops), getattr(crops, 'dtype', None)
+        if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(f'crops must be uint8 RGB (N, H, W, 3), got {dtype} {shape}')
+        return self._keypoints_uint8(self.variables, crops)
+
     def taps(self, crops) -> dict:
         """Every named intermediate output (stem, layer1, stage branches, features, heatmaps)."""
         return self._taps(self.variables, self._check(crops))
@@ -65,10 +75,26 @@ class SuperAnimalModel:
     pose: PoseEstimator | None
     metadata: dict
     detector: Detector | None = None
+    _pipelines: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def keypoint_names(self) -> tuple[str, ...]:
         return self.pose.keypoint_names if self.pose else ()
+
+    def pipeline(self, max_individuals: int = 10, **options) -> TopDownPipeline:
+        """The top-down pipeline (detector, crops, pose) of this model."""
+        return TopDownPipeline(self.detector, self.pose, max_individuals=max_individuals, **options)
+
+    def predict(self, frames, *, max_individuals: int = 10, batch_size: int = 8) -> dict[str, np.ndarray]:
+        """SuperAnimal top-down inference on uint8 RGB frames ``(N, H, W, 3)`` in memory.
+
+        Returns numpy arrays: ``keypoints`` ``(N, max_individuals, 27, 3)`` (x, y in frame pixels,
+        likelihood), ``boxes`` ``(N, max_individuals, 4)`` COCO x, y, w, h and ``box_scores``
+        ``(N, max_individuals)``; individuals in descending detector score, -1 where absent.
+        """
+        if max_individuals not in self._pipelines:
+            self._pipelines[max_individuals] = self.pipeline(max_individuals)
+        return self._pipelines[max_individuals].predict(frames, batch_size=batch_size)
 
 
 def load(path: str | os.PathLike, *, dtype=jnp.float32) -> SuperAnimalModel:

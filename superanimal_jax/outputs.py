@@ -1,0 +1,188 @@
+"""Result files in DeepLabCut's SuperAnimal conventions, streamed and committed atomically.
+
+* ``<stem>_<scorer>.h5``: a pandas DataFrame under key ``df_with_missing`` (PyTables ``table``
+  format), columns ``(scorer, individuals, bodyparts, coords)`` with coords ``x, y,
+  likelihood``, float32, one row per frame indexed by frame number; absent individuals are -1.
+* ``<stem>_<scorer>.csv`` (optional): the same frame, as ``DataFrame.to_csv`` writes it.
+* ``<stem>_<scorer>_before_adapt.json``: a list over frames of ``{"bodyparts": (M, K, 3),
+  "bboxes": (M, 4) xywh, "bbox_scores": (M,)}``, -1 padded, as DeepLabCut writes it.
+
+Rows are buffered and written ``chunk_rows`` at a time, so memory stays bounded and the files do
+not depend on how frames were batched.  Everything goes to hidden temporary files beside the
+results; only :meth:`ResultWriter.close` renames them into place, so an interrupted run never
+leaves a file that looks complete.  Frames that could not be decoded are NaN in the h5/csv and
+``null`` in the json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+SUPERANIMAL_SCORER = 'superanimal_topviewmouse_hrnet_w32_fasterrcnn_resnet50_fpn_v2'
+JSON_SUFFIX = '_before_adapt.json'
+
+
+def result_paths(out_dir: str | os.PathLike, stem: str, scorer: str = SUPERANIMAL_SCORER, *,
+                 csv: bool = False, json_file: bool = True) -> dict[str, Path]:
+    """Final paths of the results for ``stem`` (``h5``, and ``csv`` / ``json`` when asked)."""
+    base = Path(out_dir) / f'{stem}_{scorer}'
+    paths = {'h5': base.with_name(base.name + '.h5')}
+    if csv:
+        paths['csv'] = base.with_name(base.name + '.csv')
+    if json_file:
+        paths['json'] = base.with_name(base.name + JSON_SUFFIX)
+    return paths
+
+
+def columns(scorer: str, bodyparts, max_individuals: int):
+    """DeepLabCut's column MultiIndex (scorer, individuals, bodyparts, coords)."""
+    import pandas as pd
+
+    individuals = [f'animal{i}' for i in range(max_individuals)]
+    return pd.MultiIndex.from_product([[scorer], individuals, list(bodyparts), ['x', 'y', 'likelihood']],
+                                      names=['scorer', 'individuals', 'bodyparts', 'coords'])
+
+
+class ResultWriter:
+    """Stream predictions (``keypoints (n, M, K, 3)``, ``boxes (n, M, 4)``, ``box_scores (n, M)``)
+    for consecutive frames into the result files; ``close()`` commits, ``abort()`` discards.
+
+    Use as a context manager: leaving it by an exception aborts.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, stem: str, bodyparts, max_individuals: int, *,
+                 scorer: str = SUPERANIMAL_SCORER, csv: bool = False, json_file: bool = True,
+                 chunk_rows: int = 1000):
+        out_dir = Path(out_dir)
+        if not out_dir.is_dir():
+            raise OSError(f'output folder {out_dir} does not exist')
+        self.paths = result_paths(out_dir, stem, scorer, csv=csv, json_file=json_file)
+        self.temps = {k: p.with_name(f'.{p.stem}.partial{p.suffix}') for k, p in self.paths.items()}
+        self.columns = columns(scorer, bodyparts, max_individuals)
+        self.shape = (max_individuals, len(bodyparts))
+        self.chunk_rows = chunk_rows
+        self.rows = 0  # Frames written so far (the next frame's index).
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._store = None
+        self._json = None
+        self._closed = False
+        try:
+            for temp in self.temps.values():
+                temp.unlink(missing_ok=True)
+                temp.touch()
+        except OSError as err:
+            self._remove_temps()
+            raise OSError(f'cannot write results in {out_dir}: {err.strerror or err}') from err
+        if 'json' in self.temps:
+            self._json = open(self.temps['json'], 'w')  # noqa: SIM115 (closed in close/abort)
+            self._json.write('[')
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, predictions: dict[str, np.ndarray]) -> None:
+        keypoints = np.asarray(predictions['keypoints'], np.float32)
+        n = len(keypoints)
+        if keypoints.shape[1:] != self.shape + (3,):
+            raise ValueError(f'keypoints must be (n, {self.shape[0]}, {self.shape[1]}, 3), got {keypoints.shape}')
+        self._rows(keypoints.reshape(n, -1))
+        if self._json is not None:
+            for i in range(n):
+                item = {'bodyparts': keypoints[i].tolist(),
+                        'bboxes': np.asarray(predictions['boxes'][i], np.float32).tolist(),
+                        'bbox_scores': np.asarray(predictions['box_scores'][i], np.float32).tolist()}
+                self._json_item(item)
+
+    def write_missing(self, n: int) -> None:
+        """``n`` frames that could not be decoded: NaN rows, ``null`` json entries."""
+        self._rows(np.full((n, len(self.columns)), np.nan, np.float32))
+        for _ in range(n if self._json is not None else 0):
+            self._json_item(None)
+
+    def _json_item(self, item) -> None:
+        self._json.write((', ' if self._json_count else '') + json.dumps(item))
+        self._json_count += 1
+
+    _json_count = 0
+
+    def _rows(self, values: np.ndarray) -> None:
+        while len(values):
+            take = min(len(values), self.chunk_rows - self._buffered)
+            self._buffer.append(values[:take])
+            self._buffered += take
+            values = values[take:]
+            if self._buffered == self.chunk_rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        import pandas as pd
+
+        values = np.concatenate(self._buffer)
+        frame = pd.DataFrame(values, columns=self.columns, index=range(self.rows, self.rows + len(values)))
+        if self._store is None:
+            self._store = pd.HDFStore(self.temps['h5'], mode='w')
+            # No creation times and no PyTables query index (whose nodes carry times): the same
+            # results give the same bytes.  Readers (pandas.read_hdf, DeepLabCut) do not need it.
+            self._store.put('df_with_missing', frame, format='table', track_times=False, index=False)
+        else:
+            self._store.append('df_with_missing', frame, format='table', index=False)
+        if 'csv' in self.temps:
+            frame.to_csv(self.temps['csv'], mode='a', header=self.rows == 0)
+        self.rows += len(values)
+        self._buffer, self._buffered = [], 0
+
+    def close(self) -> dict[str, Path]:
+        """Write what is buffered and move every file into place; returns the final paths."""
+        if self._closed:
+            return self.paths
+        try:
+            self._flush()
+            if self._store is None:  # No frames at all: still a valid, empty table.
+                import pandas as pd
+
+                pd.DataFrame(np.zeros((0, len(self.columns)), np.float32), columns=self.columns).to_hdf(
+                    self.temps['h5'], key='df_with_missing', format='table', mode='w')
+                if 'csv' in self.temps:
+                    pd.DataFrame(columns=self.columns).to_csv(self.temps['csv'])
+            else:
+                self._store.close()
+                self._store = None
+            if self._json is not None:
+                self._json.write(']')
+                self._json.close()
+                self._json = None
+            for key, temp in self.temps.items():
+                os.replace(temp, self.paths[key])
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return self.paths
+
+    def abort(self) -> None:
+        """Discard everything written (no result file is created or replaced)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._json is not None:
+            self._json.close()
+            self._json = None
+        self._remove_temps()
+        self._closed = True
+
+    def _remove_temps(self) -> None:
+        for temp in self.temps.values():
+            temp.unlink(missing_ok=True)
