@@ -21,6 +21,63 @@ def _convert(args) -> int:
     return 0
 
 
+VIDEO_SUFFIXES = ('.mp4', '.avi', '.mov', '.mkv', '.mpg', '.mpeg', '.m4v', '.wmv', '.webm')
+
+
+def _model_dir(args):
+    """--model DIR, else --weights POSE DETECTOR converted once, else the model hub (cached)."""
+    if args.model:
+        return args.model
+    from superanimal_jax import hub
+
+    if args.weights:
+        return hub.ensure_model(pose=args.weights[0], detector=args.weights[1])
+    return hub.ensure_model()
+
+
+def _download(args) -> int:
+    from superanimal_jax import hub
+
+    if args.weights:
+        path = hub.ensure_model(pose=args.weights[0], detector=args.weights[1], force=args.force)
+    else:
+        path = hub.ensure_model(force=args.force)
+    print(path)
+    return 0
+
+
+def _analyze(args) -> int:
+    from pathlib import Path
+
+    import superanimal_jax
+    from superanimal_jax.analyze import IMAGE_SUFFIXES, analyze_images, analyze_video
+
+    inputs = [Path(p) for p in args.inputs]
+    for p in inputs:
+        if not p.exists():
+            raise FileNotFoundError(f'{p}: no such file or folder')
+        if p.is_file() and p.suffix.lower() not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
+            raise ValueError(f'{p}: not a video ({", ".join(VIDEO_SUFFIXES)}) or an image '
+                             f'({", ".join(IMAGE_SUFFIXES)})')
+    if args.out is not None and not Path(args.out).is_dir():
+        raise OSError(f'output folder {args.out} does not exist')
+    model = superanimal_jax.load(_model_dir(args))
+    videos = [p for p in inputs if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+    images = [p for p in inputs if p not in videos]
+    options = dict(max_individuals=args.max_individuals, batch_size=args.batch_size, pcutoff=args.pcutoff)
+    for video in videos:
+        paths = analyze_video(video, model, args.out, labeled_video=args.labeled_video, csv=args.csv,
+                              plot_trajectories=args.plot_trajectories, start=args.start, stop=args.stop,
+                              **options)
+        for path in paths.values():
+            print(f'wrote {path}')
+    if images:
+        out = args.out or (images[0] if images[0].is_dir() else images[0].parent)
+        results = analyze_images(images, model, out, labeled=args.labeled_video, **options)
+        print(f'analysed {len(results)} images, results in {out}')
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='superanimal-jax', description=__doc__)
     commands = parser.add_subparsers(dest='command', required=True)
@@ -32,11 +89,39 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument('--out', metavar='DIR', required=True, help='model directory to write')
     convert.add_argument('--overwrite', action='store_true', help='replace DIR if it exists')
     convert.set_defaults(run=_convert)
+
+    analyze = commands.add_parser('analyze', help='SuperAnimal poses for videos, images or folders of images')
+    analyze.add_argument('inputs', nargs='+', metavar='INPUT', help='video files, image files or folders of images')
+    analyze.add_argument('--model', metavar='DIR', help='converted model directory (default: download the '
+                         'released weights once and cache them; see `download`)')
+    analyze.add_argument('--weights', nargs=2, metavar=('POSE', 'DETECTOR'),
+                         help='released PyTorch files to convert (once, cached) instead of downloading')
+    analyze.add_argument('--out', metavar='DIR', help="output folder (default: each input's folder)")
+    analyze.add_argument('--max-individuals', type=int, default=10, metavar='N')
+    analyze.add_argument('--batch-size', type=int, default=8, metavar='N', help='frames per batch (default 8)')
+    analyze.add_argument('--pcutoff', type=float, default=0.1, metavar='P',
+                         help='likelihood above which keypoints are drawn (default 0.1)')
+    analyze.add_argument('--labeled-video', action='store_true', help='also write a labeled video / images')
+    analyze.add_argument('--csv', action='store_true', help='also write the results as .csv')
+    analyze.add_argument('--plot-trajectories', action='store_true', help='also write a trajectory plot (PNG)')
+    analyze.add_argument('--start', type=int, default=0, metavar='FRAME', help='first frame to analyse')
+    analyze.add_argument('--stop', type=int, metavar='FRAME', help='analyse up to this frame (exclusive)')
+    analyze.set_defaults(run=_analyze)
+
+    download = commands.add_parser('download', help='fetch the released weights from the DeepLabCut model hub, '
+                                   'convert and cache them; prints the model directory')
+    download.add_argument('--weights', nargs=2, metavar=('POSE', 'DETECTOR'),
+                          help='convert these local files instead (no network)')
+    download.add_argument('--force', action='store_true', help='convert again even if cached')
+    download.set_defaults(run=_download)
     args = parser.parse_args(argv)
     if args.command == 'convert' and not (args.pose or args.detector):
         parser.error('convert needs --pose and/or --detector')
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        print(f'superanimal-jax {args.command}: interrupted; no partial results were kept', file=sys.stderr)
+        return 130
     except (ValueError, OSError) as err:
         print(f'superanimal-jax {args.command}: error: {err}', file=sys.stderr)
         return 2

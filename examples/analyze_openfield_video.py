@@ -1,0 +1,80 @@
+"""Analyse the openfield video end to end: detector, top-down crops, pose, result files, labeled video.
+
+    python examples/analyze_openfield_video.py                                   # demo weights
+    python examples/analyze_openfield_video.py --model models/topviewmouse       # converted weights
+    python examples/analyze_openfield_video.py --weights POSE.pt DETECTOR.pt --stop 2330
+
+Without ``--model``/``--weights`` it uses deterministic *synthetic* weights (the ones the parity
+tests use): they exercise every stage but do not find mice, so the boxes and keypoints drawn are
+meaningless.  By default only the first 16 frames are analysed (about a minute on a 2-core CPU);
+``--stop 2330`` runs the whole video.  Writes the h5, json, csv and labeled video next to
+``--out`` (default ``examples/output``) and prints where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+import superanimal_jax
+from superanimal_jax import synthetic
+from superanimal_jax.analyze import analyze_video
+
+ROOT = Path(__file__).resolve().parents[1]
+VIDEO = ROOT.parent / 'shared' / 'data' / 'openfield' / 'videos' / 'm3v1mp4.mp4'
+FIXTURES = ROOT / 'tests' / 'fixtures'
+
+
+def demo_model() -> superanimal_jax.SuperAnimalModel:
+    """The test suite's synthetic pose and detector weights, converted in memory (no torch)."""
+    from superanimal_jax.conversion import convert_state_dict
+    from superanimal_jax.converter import detector_rules, pose_rules
+    from superanimal_jax.detector import variables_shape as detector_shape
+    from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
+
+    states = {}
+    for name, extra in (('pose', 'pose_bn_stats.npz'), ('detector', 'detector_overrides.npz')):
+        manifest = json.loads((FIXTURES / f'{name}_manifest.json').read_text())
+        with np.load(FIXTURES / extra) as overrides:
+            kwargs = {'head_gain': manifest['head_gain']} if 'head_gain' in manifest else {}
+            states[name] = synthetic.synthetic_state_dict(manifest['manifest'], seed=manifest['seed'],
+                                                          overrides=dict(overrides), **kwargs)
+    config = POSE_VARIANTS['hrnet_w32']
+    pose, _ = convert_state_dict(states['pose'], *reversed(pose_rules(config)), variables_shape(config))
+    detector, _ = convert_state_dict(states['detector'], *reversed(detector_rules()), detector_shape())
+    return superanimal_jax.SuperAnimalModel(
+        pose=superanimal_jax.PoseEstimator(config, pose, keypoint_names=TOPVIEWMOUSE_KEYPOINTS),
+        metadata={'demo': 'synthetic weights'}, detector=superanimal_jax.Detector(detector))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('video', nargs='?', type=Path, default=VIDEO)
+    parser.add_argument('--model', type=Path, help='converted model directory')
+    parser.add_argument('--weights', nargs=2, metavar=('POSE', 'DETECTOR'), help='released PyTorch files')
+    parser.add_argument('--out', type=Path, default=ROOT / 'examples' / 'output')
+    parser.add_argument('--start', type=int, default=0)
+    parser.add_argument('--stop', type=int, default=16)
+    parser.add_argument('--batch-size', type=int, default=4)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.model:
+        model = superanimal_jax.load(args.model)
+    elif args.weights:
+        from superanimal_jax import hub
+
+        model = superanimal_jax.load(hub.ensure_model(pose=args.weights[0], detector=args.weights[1]))
+    else:
+        print('no --model or --weights: using synthetic demo weights (they do not find mice)')
+        model = demo_model()
+    paths = analyze_video(args.video, model, args.out, start=args.start, stop=args.stop,
+                          batch_size=args.batch_size, labeled_video=True, csv=True, plot_trajectories=True)
+    for kind, path in paths.items():
+        print(f'{kind}: {path}')
+
+
+if __name__ == '__main__':
+    main()
