@@ -2,6 +2,8 @@
 
 __version__ = '0.1.0'
 
+from superanimal_jax import hub
+from superanimal_jax.analyze import analyze_images, analyze_video
 from superanimal_jax.conversion import ConversionError
 from superanimal_jax.converter import convert
 from superanimal_jax.detector import Detector
@@ -11,5 +13,6 @@ from superanimal_jax.pose import TOPVIEWMOUSE_KEYPOINTS, decode_heatmaps, normal
 
 __all__ = [
     'ConversionError', 'Detector', 'ModelDirError', 'PoseEstimator', 'SuperAnimalModel', 'TOPVIEWMOUSE_KEYPOINTS',
-    '__version__', 'convert', 'decode_heatmaps', 'load', 'normalize_crops',
+    '__version__', 'analyze_images', 'analyze_video', 'convert', 'decode_heatmaps', 'hub', 'load',
+    'normalize_crops',
 ]
