@@ -93,7 +93,7 @@ def test_float64_matches_torchvision(variables, inputs):
     with np.load(FIXTURES / 'detector_golden_float64.npz') as golden64, jax.enable_x64(True):
         v64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
         taps = run(v64, images['random'].astype(np.float64), rois.astype(np.float64), jnp.float64)
-        for tap in golden64.files:
+        for tap in [k for k in golden64.files if '/' not in k]:  # Per-frame detections are keyed 'frame/...'.
             ref = golden64[tap]
             error = np.abs(np.asarray(taps[tap]) - ref).max() / np.abs(ref).max()
             print(f'{tap}: float64 relative error {error:.1e}')
