@@ -36,7 +36,8 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     with ``labeled_video`` ``<stem>_<scorer>_labeled_before_adapt.mp4`` (keypoints with likelihood
     above ``pcutoff``, boxes scoring at least ``bbox_threshold``) and with ``plot_trajectories``
     ``<stem>_<scorer>_trajectories.png``, in ``out_dir`` (default: the video's folder).
-    Returns the paths written.
+    Returns the paths written.  With a frame range, row ``i`` of the results is frame
+    ``start + i`` of the video.
     """
     reader = VideoReader(video, start, stop)
     out_dir = Path(out_dir) if out_dir is not None else reader.path.parent
