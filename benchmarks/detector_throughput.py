@@ -15,7 +15,6 @@ medians over ``--repeats``; our first call (trace + compile) is reported separat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -38,10 +37,7 @@ FIXTURES = ROOT / 'tests' / 'fixtures'
 
 
 def synthetic_state() -> dict[str, np.ndarray]:
-    manifest = json.loads((FIXTURES / 'detector_manifest.json').read_text())
-    with np.load(FIXTURES / 'detector_overrides.npz') as overrides:
-        return synthetic.synthetic_state_dict(manifest['manifest'], seed=manifest['seed'],
-                                              overrides=dict(overrides))
+    return synthetic.fixture_state(FIXTURES, 'detector')
 
 
 def main() -> None:

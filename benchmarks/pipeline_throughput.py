@@ -16,7 +16,6 @@ The host-side crop cost (OpenCV) of our pipeline is measured on its own.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -64,8 +63,8 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        pose = synthetic.write_pose_checkpoints(state('pose', 'pose_bn_stats.npz'), tmp)['dlc3']
-        detector = synthetic.write_detector_checkpoints(state('detector', 'detector_overrides.npz'), tmp)['dlc3']
+        pose = synthetic.write_pose_checkpoints(state('pose'), tmp)['dlc3']
+        detector = synthetic.write_detector_checkpoints(state('detector'), tmp)['dlc3']
         video = clip(tmp / 'clip.avi', args.frames)
         start = time.perf_counter()
         model = superanimal_jax.load(superanimal_jax.convert(pose=pose, detector=detector, out=tmp / 'model'))

@@ -38,15 +38,8 @@ CLIP_FRAMES = 8
 IMAGES = ('img0015.png', 'img0045.png', 'img0075.png', 'img0099.png')
 
 
-def state(name: str, extra: str) -> dict[str, np.ndarray]:
-    manifest = json.loads((FIXTURES / f'{name}_manifest.json').read_text())
-    kwargs = {'head_gain': manifest['head_gain']} if 'head_gain' in manifest else {}
-    with np.load(FIXTURES / extra) as overrides:
-        out = synthetic.synthetic_state_dict(manifest['manifest'], seed=manifest['seed'],
-                                             overrides=dict(overrides), **kwargs)
-    digest = hashlib.sha256(b''.join(v.tobytes() for v in out.values())).hexdigest()
-    assert digest == manifest['state_sha256'], f'{name} weights no longer regenerate'
-    return out
+def state(name: str) -> dict[str, np.ndarray]:
+    return synthetic.fixture_state(FIXTURES, name)
 
 
 def write_clip(path: Path) -> dict:
@@ -91,8 +84,8 @@ def main() -> None:
                          'opencv': cv2.__version__}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        pose = synthetic.write_pose_checkpoints(state('pose', 'pose_bn_stats.npz'), tmp)['dlc3']
-        detector = synthetic.write_detector_checkpoints(state('detector', 'detector_overrides.npz'), tmp)['dlc3']
+        pose = synthetic.write_pose_checkpoints(state('pose'), tmp)['dlc3']
+        detector = synthetic.write_detector_checkpoints(state('detector'), tmp)['dlc3']
         clip = args.out / 'openfield_clip.avi'
         info['clip'] = write_clip(clip)
         work = tmp / 'video'

@@ -14,10 +14,8 @@ meaningless.  By default only the first 16 frames are analysed (about a minute o
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import numpy as np
 
 import superanimal_jax
 from superanimal_jax import synthetic
@@ -35,13 +33,7 @@ def demo_model() -> superanimal_jax.SuperAnimalModel:
     from superanimal_jax.detector import variables_shape as detector_shape
     from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
 
-    states = {}
-    for name, extra in (('pose', 'pose_bn_stats.npz'), ('detector', 'detector_overrides.npz')):
-        manifest = json.loads((FIXTURES / f'{name}_manifest.json').read_text())
-        with np.load(FIXTURES / extra) as overrides:
-            kwargs = {'head_gain': manifest['head_gain']} if 'head_gain' in manifest else {}
-            states[name] = synthetic.synthetic_state_dict(manifest['manifest'], seed=manifest['seed'],
-                                                          overrides=dict(overrides), **kwargs)
+    states = {name: synthetic.fixture_state(FIXTURES, name) for name in ('pose', 'detector')}
     config = POSE_VARIANTS['hrnet_w32']
     pose, _ = convert_state_dict(states['pose'], *reversed(pose_rules(config)), variables_shape(config))
     detector, _ = convert_state_dict(states['detector'], *reversed(detector_rules()), detector_shape())

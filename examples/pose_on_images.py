@@ -13,7 +13,6 @@ resized to 256x256 (the detector-driven crops arrive with the end-to-end pipelin
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -33,11 +32,7 @@ OPENFIELD = ROOT.parent / 'shared' / 'data' / 'openfield' / 'labeled-data' / 'm4
 
 def demo_pose() -> PoseEstimator:
     """The test suite's synthetic weights, converted in memory (no torch needed)."""
-    fixtures = ROOT / 'tests' / 'fixtures'
-    manifest = json.loads((fixtures / 'pose_manifest.json').read_text())
-    with np.load(fixtures / 'pose_bn_stats.npz') as stats:
-        state = synthetic.synthetic_state_dict(manifest['manifest'], seed=manifest['seed'],
-                                               overrides=dict(stats), head_gain=manifest['head_gain'])
+    state = synthetic.fixture_state(ROOT / 'tests' / 'fixtures', 'pose')
     config = POSE_VARIANTS['hrnet_w32']
     ignore, rules = pose_rules(config)
     variables, _ = convert_state_dict(state, rules, ignore, variables_shape(config))

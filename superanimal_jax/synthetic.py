@@ -67,6 +67,27 @@ def synthetic_state_dict(manifest: Iterable[tuple[str, tuple[int, ...], str]], *
     return state
 
 
+FIXTURE_OVERRIDES = {'pose': 'pose_bn_stats.npz', 'detector': 'detector_overrides.npz'}
+
+
+def fixture_state(fixtures: str | Path, network: str) -> dict[str, np.ndarray]:
+    """The test suite's synthetic ``network`` ('pose' or 'detector') weights, regenerated from
+    the committed fixtures (``<network>_manifest.json`` and its calibrated overrides) and checked
+    bit for bit against the manifest's sha256."""
+    import hashlib
+    import json
+
+    fixtures = Path(fixtures)
+    manifest = json.loads((fixtures / f'{network}_manifest.json').read_text())
+    with np.load(fixtures / FIXTURE_OVERRIDES[network]) as overrides:
+        state = synthetic_state_dict(manifest['manifest'], seed=manifest['seed'], overrides=dict(overrides),
+                                     head_gain=manifest.get('head_gain', 1.0))
+    digest = hashlib.sha256(b''.join(v.tobytes() for v in state.values())).hexdigest()
+    if digest != manifest['state_sha256']:
+        raise ValueError(f'synthetic {network} weights no longer regenerate exactly (sha256 {digest})')
+    return state
+
+
 def random_crops(shape: tuple[int, int], index: int, seed: int = 0) -> np.ndarray:
     """A reproducible standard-normal input batch ``(1, H, W, 3)`` float32."""
     return np.random.default_rng([seed, 7, index]).standard_normal((1, *shape, 3)).astype(np.float32)

@@ -4,7 +4,6 @@ Golden files in ``tests/fixtures`` were made by ``convert/make_pose_fixtures.py`
 DeepLabCut 3.0.2 reference environment; nothing here needs that environment.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -25,15 +24,9 @@ def pose_manifest() -> dict:
 
 
 @pytest.fixture(scope='session')
-def pose_state(pose_manifest) -> dict[str, np.ndarray]:
+def pose_state() -> dict[str, np.ndarray]:
     """The synthetic weights the goldens were made with, regenerated and checked bit for bit."""
-    with np.load(FIXTURES / 'pose_bn_stats.npz') as stats:
-        state = synthetic.synthetic_state_dict(
-            pose_manifest['manifest'], seed=pose_manifest['seed'], overrides=dict(stats),
-            head_gain=pose_manifest['head_gain'])
-    digest = hashlib.sha256(b''.join(v.tobytes() for v in state.values())).hexdigest()
-    assert digest == pose_manifest['state_sha256'], 'synthetic weights no longer regenerate exactly'
-    return state
+    return synthetic.fixture_state(FIXTURES, 'pose')
 
 
 @pytest.fixture(scope='session')
@@ -63,14 +56,9 @@ def detector_manifest() -> dict:
 
 
 @pytest.fixture(scope='session')
-def detector_state(detector_manifest) -> dict[str, np.ndarray]:
+def detector_state() -> dict[str, np.ndarray]:
     """The synthetic detector weights the goldens were made with, checked bit for bit."""
-    with np.load(FIXTURES / 'detector_overrides.npz') as stats:
-        state = synthetic.synthetic_state_dict(detector_manifest['manifest'], seed=detector_manifest['seed'],
-                                               overrides=dict(stats))
-    digest = hashlib.sha256(b''.join(v.tobytes() for v in state.values())).hexdigest()
-    assert digest == detector_manifest['state_sha256'], 'synthetic detector weights no longer regenerate'
-    return state
+    return synthetic.fixture_state(FIXTURES, 'detector')
 
 
 @pytest.fixture(scope='session')
