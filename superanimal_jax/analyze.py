@@ -10,6 +10,7 @@ a failure midway leaves no result file behind.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,43 +46,36 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     bodyparts = model.keypoint_names
     stem = reader.path.stem
     done = 0
-    with ResultWriter(out_dir, stem, bodyparts, max_individuals, scorer=scorer, csv=csv) as writer:
+    with contextlib.ExitStack() as stack:
+        # Exits in reverse order: the labeled video is committed (or discarded) before the results.
+        writer = stack.enter_context(ResultWriter(out_dir, stem, bodyparts, max_individuals, scorer=scorer, csv=csv))
         labeled = None
         if labeled_video:
             from superanimal_jax.plotting import LabeledVideoWriter
 
-            path = out_dir / f'{stem}_{scorer}_labeled_before_adapt.mp4'
-            labeled = LabeledVideoWriter(path, reader.fps, (reader.width, reader.height), pcutoff=pcutoff,
-                                         bbox_threshold=bbox_threshold)
-            labeled.__enter__()
-        try:
-            in_flight = collections.deque()
+            labeled = stack.enter_context(LabeledVideoWriter(
+                out_dir / f'{stem}_{scorer}_labeled_before_adapt.mp4', reader.fps, (reader.width, reader.height),
+                pcutoff=pcutoff, bbox_threshold=bbox_threshold))
+        in_flight = collections.deque()
 
-            def batches():
-                for batch in reader.batches(batch_size):
-                    in_flight.append(batch)
-                    yield batch.frames, batch.count
+        def batches():
+            for batch in reader.batches(batch_size):
+                in_flight.append(batch)
+                yield batch.frames, batch.count
 
-            with tqdm(total=len(reader) or None, unit='frame', desc=stem, disable=not progress,
-                      smoothing=0.1) as bar:
-                for predictions in pipeline.stream(batches()):
-                    batch = in_flight.popleft()
-                    writer.write(predictions)
-                    if labeled is not None:
-                        for i in range(batch.count):
-                            labeled.write(batch.frames[i], predictions['keypoints'][i],
-                                          predictions['boxes'][i], predictions['box_scores'][i])
-                    done += batch.count
-                    bar.update(batch.count)
-            if reader.truncated_at is not None:
-                writer.write_missing(len(reader) - done)
-        except BaseException as err:
-            if labeled is not None:
-                labeled.__exit__(type(err), err, err.__traceback__)
-            raise
-        if labeled is not None:
-            labeled.__exit__(None, None, None)
-        paths = writer.close()
+        with tqdm(total=len(reader) or None, unit='frame', desc=stem, disable=not progress, smoothing=0.1) as bar:
+            for predictions in pipeline.stream(batches()):
+                batch = in_flight.popleft()
+                writer.write(predictions)
+                if labeled is not None:
+                    for i in range(batch.count):
+                        labeled.write(batch.frames[i], predictions['keypoints'][i], predictions['boxes'][i],
+                                      predictions['box_scores'][i])
+                done += batch.count
+                bar.update(batch.count)
+        if reader.truncated_at is not None:
+            writer.write_missing(len(reader) - done)
+    paths = dict(writer.paths)
     if labeled is not None:
         paths['labeled_video'] = labeled.path
     if plot_trajectories:

@@ -70,6 +70,7 @@ class ResultWriter:
         self._buffered = 0
         self._store = None
         self._json = None
+        self._json_count = 0
         self._closed = False
         try:
             for temp in self.temps.values():
@@ -113,8 +114,6 @@ class ResultWriter:
     def _json_item(self, item) -> None:
         self._json.write((', ' if self._json_count else '') + json.dumps(item))
         self._json_count += 1
-
-    _json_count = 0
 
     def _rows(self, values: np.ndarray) -> None:
         while len(values):
