@@ -10,9 +10,12 @@ from superanimal_jax.detector import Detector
 from superanimal_jax.model import PoseEstimator, SuperAnimalModel, load
 from superanimal_jax.model_dir import ModelDirError
 from superanimal_jax.pose import TOPVIEWMOUSE_KEYPOINTS, decode_heatmaps, normalize_crops
+from superanimal_jax.project import ProjectError, read_project
+from superanimal_jax.train import TrainConfig, evaluate
+from superanimal_jax.train import train as fine_tune
 
 __all__ = [
-    'ConversionError', 'Detector', 'ModelDirError', 'PoseEstimator', 'SuperAnimalModel', 'TOPVIEWMOUSE_KEYPOINTS',
-    '__version__', 'analyze_images', 'analyze_video', 'convert', 'decode_heatmaps', 'hub', 'load',
-    'normalize_crops',
+    'ConversionError', 'Detector', 'ModelDirError', 'PoseEstimator', 'ProjectError', 'SuperAnimalModel',
+    'TOPVIEWMOUSE_KEYPOINTS', 'TrainConfig', '__version__', 'analyze_images', 'analyze_video', 'convert',
+    'decode_heatmaps', 'evaluate', 'fine_tune', 'hub', 'load', 'normalize_crops', 'read_project',
 ]

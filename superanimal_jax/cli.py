@@ -78,6 +78,41 @@ def _analyze(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from superanimal_jax.augment import TrainAugmentation
+    from superanimal_jax.train import TrainConfig, train
+
+    options = dict(mode=args.mode, batch_size=args.batch_size, seed=args.seed, workers=args.workers,
+                   train_fraction=args.train_fraction)
+    if args.epochs is not None:
+        options['epochs'] = args.epochs
+    if args.steps is not None:
+        options['steps'] = args.steps
+    if args.lr is not None:
+        options['learning_rate'] = args.lr
+    if args.eval_interval is not None:
+        options['eval_interval'] = args.eval_interval
+    if args.save_interval is not None:
+        options['save_interval'] = args.save_interval
+    if args.no_augmentation:
+        options['augmentation'] = TrainAugmentation.off()
+    result = train(args.project, args.model, args.out, TrainConfig(**options))
+    for name, value in result['metrics'].items():
+        if '.' in name:
+            print(f'{name}: {value:.4g}')
+    for name, path in result['paths'].items():
+        print(f'{name}: {path}')
+    return 0
+
+
+def _evaluate(args) -> int:
+    from superanimal_jax.train import evaluate
+
+    results = evaluate(args.project, args.model, split=args.split, pcutoff=args.pcutoff)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='superanimal-jax', description=__doc__)
     commands = parser.add_subparsers(dest='command', required=True)
@@ -114,6 +149,34 @@ def main(argv: list[str] | None = None) -> int:
                           help='convert these local files instead (no network)')
     download.add_argument('--force', action='store_true', help='convert again even if cached')
     download.set_defaults(run=_download)
+    fit = commands.add_parser('train', help='fine-tune the pose model on a DeepLabCut project (DeepLabCut\'s '
+                              'SuperAnimal recipe)')
+    fit.add_argument('--project', metavar='DIR', required=True, help='DeepLabCut project (config.yaml, labeled-data/)')
+    fit.add_argument('--model', metavar='DIR', required=True, help='converted SuperAnimal model directory')
+    fit.add_argument('--out', metavar='DIR', required=True, help='run folder (resumed if it has checkpoints)')
+    fit.add_argument('--mode', choices=('convert', 'replay', 'transfer'), default='convert',
+                     help='convert: head sliced by the conversion table (default); replay: all 27 keypoints, '
+                     'unlabelled ones from the model; transfer: a new head for the project bodyparts')
+    length = fit.add_mutually_exclusive_group()
+    length.add_argument('--epochs', type=int, metavar='N', help='epochs (default 200)')
+    length.add_argument('--steps', type=int, metavar='N', help='optimiser steps instead of epochs')
+    fit.add_argument('--batch-size', type=int, default=1, metavar='N', help='default 1, as DeepLabCut')
+    fit.add_argument('--lr', type=float, metavar='LR', help='base learning rate (default 1e-5)')
+    fit.add_argument('--eval-interval', type=int, metavar='EPOCHS', help='evaluate every N epochs (default 10)')
+    fit.add_argument('--save-interval', type=int, metavar='EPOCHS', help='checkpoint every N epochs (default 25)')
+    fit.add_argument('--train-fraction', type=float, metavar='F',
+                     help="fraction of labelled frames to train on (default: the project's TrainingFraction)")
+    fit.add_argument('--no-augmentation', action='store_true', help='no rotation or noise')
+    fit.add_argument('--seed', type=int, default=42)
+    fit.add_argument('--workers', type=int, default=2, metavar='N', help='host threads preparing batches')
+    fit.set_defaults(run=_train)
+
+    assess = commands.add_parser('evaluate', help="DeepLabCut's RMSE and mAP of a model on a project's labels")
+    assess.add_argument('--project', metavar='DIR', required=True)
+    assess.add_argument('--model', metavar='DIR', required=True)
+    assess.add_argument('--split', metavar='JSON', help="a run's split.json: report train and test apart")
+    assess.add_argument('--pcutoff', type=float, metavar='P', help="default: the project's pcutoff")
+    assess.set_defaults(run=_evaluate)
     args = parser.parse_args(argv)
     if args.command == 'convert' and not (args.pose or args.detector):
         parser.error('convert needs --pose and/or --detector')

@@ -107,6 +107,8 @@ def load(path: str | os.PathLike, *, dtype=jnp.float32) -> SuperAnimalModel:
         if variant not in POSE_VARIANTS:
             raise model_dir.ModelDirError(f'{path}: unknown pose variant {variant!r}')
         config = POSE_VARIANTS[variant]
+        if 'num_keypoints' in section:  # A fine-tuned model predicts its project's keypoints.
+            config = dataclasses.replace(config, num_keypoints=int(section['num_keypoints']))
         variables = model_dir.read_variables(path, 'pose', variables_shape(config))
         pose = PoseEstimator(config, variables, keypoint_names=section.get('keypoints'), dtype=dtype)
     detector = None

@@ -130,3 +130,43 @@ def plot_trajectories(keypoints: np.ndarray, path: str | os.PathLike, *, pcutoff
     finally:
         plt.close(figure)
     return path
+
+
+def plot_training(records: list[dict], path: str | os.PathLike) -> Path:
+    """A PNG of a fine-tuning run's ``log.jsonl`` records: the loss over steps, and the train/test
+    RMSE (pixels) and mAP of each evaluation."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in records if 'loss' in r]
+    evals = [r for r in records if any(k.endswith('.rmse') for k in r)]
+    figure, (loss_axes, rmse_axes, map_axes) = plt.subplots(1, 3, figsize=(13, 3.8), dpi=100)
+    loss_axes.plot([r['step'] for r in steps], [r['loss'] for r in steps], color='tab:blue')
+    loss_axes.set_yscale('log')
+    loss_axes.set_xlabel('step')
+    loss_axes.set_title('training loss (weighted MSE)', fontsize=9)
+    for split, color in (('train', 'tab:orange'), ('test', 'tab:green')):
+        points = [r for r in evals if f'{split}.rmse' in r]
+        if points:
+            x = [r['step'] for r in points]
+            rmse_axes.plot(x, [r[f'{split}.rmse'] for r in points], 'o-', color=color, label=f'{split} RMSE')
+            rmse_axes.plot(x, [r[f'{split}.rmse_pcutoff'] for r in points], 'x--', color=color,
+                           label=f'{split} RMSE (p >= cutoff)')
+            map_axes.plot(x, [r[f'{split}.mAP'] for r in points], 'o-', color=color, label=f'{split} mAP')
+    rmse_axes.set_xlabel('step')
+    rmse_axes.set_title('mean keypoint error (pixels)', fontsize=9)
+    map_axes.set_xlabel('step')
+    map_axes.set_title('mAP (OKS, sigma 0.1)', fontsize=9)
+    for axes in (rmse_axes, map_axes):
+        if axes.lines:
+            axes.legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    try:
+        with atomic_path(path) as temp:
+            figure.savefig(temp)
+    finally:
+        plt.close(figure)
+    return path

@@ -75,3 +75,30 @@ def detector_variables(detector_state) -> dict:
 
     ignore, rules = detector_rules()
     return convert_state_dict(detector_state, rules, ignore, variables_shape(), source='detector')[0]
+
+
+OPENFIELD_PROJECT = FIXTURES / 'openfield_project'
+
+
+def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False) -> Path:
+    """A model directory holding the tiny HRNet with SuperAnimal's 27 keypoint names (random
+    weights): fast fine-tuning tests that exercise the whole code path."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from superanimal_jax import model_dir
+    from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, PoseNetwork
+
+    config = dataclasses.replace(POSE_VARIANTS['hrnet_tiny'], num_keypoints=27)
+    variables = jax.tree_util.tree_map(np.asarray, jax.jit(PoseNetwork(config).init)(
+        jax.random.key(seed), jnp.zeros((1, 64, 64, 3), jnp.float32)))
+    if nan_bias:
+        variables['params']['head']['deconv']['bias'] = np.full(27, np.nan, np.float32)
+    return model_dir.write(path, {'pose': variables}, {'pose': {
+        'variant': 'hrnet_tiny', 'num_keypoints': 27, 'stride': 4, 'keypoints': list(TOPVIEWMOUSE_KEYPOINTS)}})
+
+
+@pytest.fixture(scope='session')
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp('tiny') / 'model')
