@@ -96,7 +96,10 @@ def _train(args) -> int:
         options['save_interval'] = args.save_interval
     if args.no_augmentation:
         options['augmentation'] = TrainAugmentation.off()
-    result = train(args.project, args.model, args.out, TrainConfig(**options))
+    from superanimal_jax.project import read_project
+
+    project = read_project(args.project, drop_unlabeled=args.drop_unlabeled)
+    result = train(project, args.model, args.out, TrainConfig(**options))
     for name, value in result['metrics'].items():
         if '.' in name:
             print(f'{name}: {value:.4g}')
@@ -108,7 +111,10 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from superanimal_jax.train import evaluate
 
-    results = evaluate(args.project, args.model, split=args.split, pcutoff=args.pcutoff)
+    from superanimal_jax.project import read_project
+
+    project = read_project(args.project, drop_unlabeled=args.drop_unlabeled)
+    results = evaluate(project, args.model, split=args.split, pcutoff=args.pcutoff)
     print(json.dumps(results, indent=1))
     return 0
 
@@ -167,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument('--train-fraction', type=float, metavar='F',
                      help="fraction of labelled frames to train on (default: the project's TrainingFraction)")
     fit.add_argument('--no-augmentation', action='store_true', help='no rotation or noise')
+    fit.add_argument('--drop-unlabeled', action='store_true', help='leave out frames without any label')
     fit.add_argument('--seed', type=int, default=42)
     fit.add_argument('--workers', type=int, default=2, metavar='N', help='host threads preparing batches')
     fit.set_defaults(run=_train)
@@ -176,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     assess.add_argument('--model', metavar='DIR', required=True)
     assess.add_argument('--split', metavar='JSON', help="a run's split.json: report train and test apart")
     assess.add_argument('--pcutoff', type=float, metavar='P', help="default: the project's pcutoff")
+    assess.add_argument('--drop-unlabeled', action='store_true', help='leave out frames without any label')
     assess.set_defaults(run=_evaluate)
     args = parser.parse_args(argv)
     if args.command == 'convert' and not (args.pose or args.detector):
@@ -183,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        print(f'superanimal-jax {args.command}: interrupted; no partial results were kept', file=sys.stderr)
+        if args.command == 'train':
+            print(f'superanimal-jax train: interrupted; rerun the same command to resume from the last '
+                  f'checkpoint in {args.out}', file=sys.stderr)
+        else:
+            print(f'superanimal-jax {args.command}: interrupted; no partial results were kept', file=sys.stderr)
         return 130
     except (ValueError, OSError) as err:
         print(f'superanimal-jax {args.command}: error: {err}', file=sys.stderr)

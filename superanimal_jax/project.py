@@ -80,7 +80,8 @@ class Project:
         tables = self.config.get(CONVERSION_TABLES) or {}
         if super_animal not in tables:
             raise ProjectError(f'{self.path / "config.yaml"} has no {CONVERSION_TABLES}.{super_animal}; '
-                               f'add one (deeplabcut.modelzoo.create_conversion_table) or use --mode transfer')
+                               f'add one (deeplabcut.modelzoo.create_conversion_table), or fine-tune in '
+                               f"transfer mode")
         table = tables[super_animal] or {}
         unknown = [bp for bp in table if bp not in self.bodyparts]
         if unknown:
@@ -115,6 +116,8 @@ class Project:
         n = len(self.images)
         order = np.random.default_rng(seed).permutation(n)
         n_test = int(round(n * (1 - train_fraction)))
+        if n_test >= n:
+            raise ProjectError(f'a train fraction of {train_fraction} leaves no frame of {n} to train on')
         return Split(tuple(sorted(int(i) for i in order[n_test:])), tuple(sorted(int(i) for i in order[:n_test])),
                      seed, train_fraction)
 

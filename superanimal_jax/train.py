@@ -63,7 +63,7 @@ from superanimal_jax.train_data import DataConfig, Item, TrainData, bbox_from_ke
 MODES = ('convert', 'replay', 'transfer')
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite; the message names the step."""
 
 
@@ -100,8 +100,13 @@ class TrainConfig:
             raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
         if len(self.milestones) != len(self.milestone_lrs):
             raise ValueError('milestones and milestone_lrs must have the same length')
-        if self.batch_size < 1 or self.epochs < 1 or (self.steps is not None and self.steps < 1):
-            raise ValueError('batch_size, epochs and steps must be >= 1')
+        for name in ('batch_size', 'epochs', 'eval_interval', 'save_interval', 'log_interval', 'keep_checkpoints',
+                     'workers'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('steps', 'save_interval_steps'):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
 
 
 # ----------------------------------------------------------------------------- Model and modes
@@ -145,6 +150,10 @@ def make_optimizer(config: TrainConfig, params, steps_per_epoch: int) -> optax.G
     if not config.frozen:
         return adamw
     patterns = [re.compile(p) for p in config.frozen]
+    paths = [_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    unused = [p.pattern for p in patterns if not any(p.search(path) for path in paths)]
+    if unused:
+        raise ValueError(f'frozen patterns match no parameter: {unused} (paths look like {paths[0]!r})')
     labels = jax.tree_util.tree_map_with_path(
         lambda kp, _: 'frozen' if any(p.search(_path(kp)) for p in patterns) else 'trained', params)
     return optax.multi_transform({'trained': adamw, 'frozen': optax.set_to_zero()}, labels)
@@ -324,7 +333,7 @@ def _frame_sizes(project: Project, frames, read_image) -> dict[int, tuple[int, i
     sizes = {}
     for f in frames:
         path = project.image_path(f)
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if read_image is load_rgb else read_image(path)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR) if read_image is load_rgb else read_image(path)
         if image is None:
             raise ProjectError(f'{path}: cannot read the image')
         sizes[f] = image.shape[:2]
@@ -358,7 +367,8 @@ class _Log:
         self.path = path
         kept = []
         if path.exists() and resume_step > 0:
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)['step'] <= resume_step]
+            kept = [line for line in path.read_text().splitlines()
+                    if (record := _parse(line)) is not None and record['step'] <= resume_step]
         path.write_text(''.join(line + '\n' for line in kept))
 
     def write(self, record: dict) -> None:
@@ -366,7 +376,36 @@ class _Log:
             f.write(json.dumps(record) + '\n')
 
     def records(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines()]
+        return [r for line in self.path.read_text().splitlines() if (r := _parse(line)) is not None]
+
+
+def _parse(line: str) -> dict | None:
+    try:  # A line torn by a kill or a full disk is dropped.
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+RUN_KEYS = ('mode', 'batch_size', 'seed', 'split_seed', 'train_fraction', 'bbox_margin', 'augmentation',
+            'learning_rate', 'weight_decay', 'milestones', 'milestone_lrs', 'frozen', 'replay_threshold',
+            'replay_iou')
+
+
+def _check_run(out: Path, config: TrainConfig, model, items: int) -> None:
+    """``OUT/run.json`` records what a run's checkpoints depend on; resuming with other settings
+    would silently mix two experiments, so it is refused."""
+    record = {'source_model': str(Path(model).absolute()), 'items': items,
+              **json.loads(json.dumps({k: dataclasses.asdict(config)[k] for k in RUN_KEYS}))}
+    path = out / 'run.json'
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = {k: (previous.get(k), v) for k, v in record.items() if previous.get(k) != v}
+        if changed:
+            details = ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())
+            raise ValueError(f'{out} holds a run made with other settings ({details}); resume it with '
+                             f'the same settings (only --steps/--epochs may grow) or use another --out')
+    else:
+        path.write_text(json.dumps(record, indent=1) + '\n')
 
 
 def train(project: str | Path | Project, model: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
@@ -405,6 +444,7 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
                                        stride=sa.pose.config.stride), seed=config.seed)
     total_steps = config.steps or config.epochs * data.steps_per_epoch
     num_epochs = math.ceil(total_steps / data.steps_per_epoch)
+    _check_run(out, config, model, len(items))
 
     pose_config = dataclasses.replace(sa.pose.config, num_keypoints=len(task.keypoint_names))
     network = PoseNetwork(pose_config)
@@ -428,6 +468,8 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
             data=ocp.args.JsonRestore()))
         state, data_state = restored['state'], restored['data']
     start = int(state['step'])
+    if start > total_steps:
+        raise ValueError(f'{out} already holds a checkpoint at step {start}, past the {total_steps} steps asked for')
     log = _Log(out / 'log.jsonl', start)
     iterator = data.iterator(data_state, num_epochs=num_epochs)
     eval_cache: dict = {}
@@ -462,25 +504,33 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
                 previous = None
             if (end_of_epoch and (epoch + 1) % config.eval_interval == 0) or done:
                 record = evaluate_now(step + 1, epoch + 1)
-                if split.test:
+                if split.test and step + 1 not in best.all_steps():
                     best.save(step + 1, args=ocp.args.Composite(params=ocp.args.StandardSave(state['params'])),
                               metrics={'test.mAP': record['test.mAP']})
             if (step + 1) % save_every == 0 or done:
+                if previous is not None:  # Never checkpoint a state whose loss is unchecked.
+                    _check_and_log(previous, log, config.log_interval, total_steps, bar, callbacks)
+                    previous = None
                 latest.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                              data=ocp.args.JsonSave(iterator.get_state())))
-        if previous is not None:
-            _check_and_log(previous, log, config.log_interval, total_steps, bar, callbacks)
     finally:
         bar.close()
         iterator.close()
+        data.close()
         latest.wait_until_finished()
         best.wait_until_finished()
+        latest.close()
+        best.close()
+    if not record:  # Resumed a finished run: report its last evaluation.
+        record = next((r for r in reversed(log.records()) if 'epoch' in r and any('.rmse' in k for k in r)), {})
 
     paths = {'log': out / 'log.jsonl', 'split': split_path, 'checkpoints': out / 'checkpoints'}
     metadata = {'mode': config.mode, 'project': str(project.path), 'source_model': str(Path(model).absolute()),
-                'config': _jsonable(dataclasses.asdict(config)), 'steps': total_steps}
+                'config': json.loads(json.dumps(dataclasses.asdict(config))), 'steps': total_steps}
     paths['model'] = export_model(out / 'model', sa, pose_config, {'params': state['params'],
                                   'batch_stats': batch_stats}, task, metadata)
+    best = ocp.CheckpointManager(out / 'best', options=ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=lambda m: m['test.mAP'], best_mode='max', read_only=True))
     if split.test and best.best_step() is not None:
         best_params = best.restore(best.best_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore(
             jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state['params']))))['params']
@@ -490,7 +540,6 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
     from superanimal_jax.plotting import plot_training
 
     paths['plot'] = plot_training(log.records(), out / 'training.png')
-    latest.close()
     best.close()
     return {'metrics': record, 'state': state, 'paths': paths, 'task': task, 'split': split}
 
@@ -507,14 +556,6 @@ def _check_and_log(previous, log: _Log, interval: int, total: int, bar, callback
     bar.set_postfix(loss=f'{values["loss"]:.3g}')
     for callback in callbacks:
         callback(step + 1, values)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def export_model(path: Path, source, pose_config: PoseConfig, variables: dict, task: Task, training: dict) -> Path:
@@ -549,13 +590,15 @@ def evaluate(project: str | Path | Project, model: str | Path, *, frames: str | 
     if loaded.pose is None:
         raise model_dir.ModelDirError(f'{model} has no pose network')
     names = loaded.pose.keypoint_names
-    if all(b in names for b in project.bodyparts):
-        columns = np.arange(len(project.bodyparts))
-        task = Task('direct', names, project.bodyparts, columns,
-                    np.asarray([names.index(b) for b in project.bodyparts]), None)
-    else:
+    shared = [b for b in project.bodyparts if b in names]
+    if shared:  # A model fine-tuned on this project: its keypoints are project bodyparts.
+        task = Task('direct', names, tuple(shared), np.asarray([project.bodyparts.index(b) for b in shared]),
+                    np.asarray([names.index(b) for b in shared]), None)
+    else:  # A SuperAnimal model: through the project's conversion table.
         task = make_task('replay', project, names)
-    pcutoff = float(project.config.get('pcutoff', 0.6)) if pcutoff is None else pcutoff
+    if pcutoff is None:
+        pcutoff = project.config.get('pcutoff', 0.6)
+        pcutoff = [float(p) for p in pcutoff] if isinstance(pcutoff, (list, tuple)) else float(pcutoff)
     predict = make_predict_fn(loaded.pose.network)
     if single_animal is None:
         single_animal = not project.multi_animal

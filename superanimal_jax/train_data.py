@@ -20,9 +20,8 @@ order (``PoseDataset.__getitem__``, top-down branch):
 Why our own loader rather than grain: a DeepLabCut project is a few hundred frames, so an epoch
 is a permutation of item indices.  We make each epoch's order a pure function of ``(seed,
 epoch)`` and each item's augmentation a pure function of ``(seed, epoch, position)``; the whole
-iterator state is two integers (JSON, saved with every orbax checkpoint), a resumed run sees
-exactly the batches an uninterrupted one would, and a process of a multi-host job can take every
-``n``-th batch without any coordination.  Items are prepared by a thread pool (OpenCV releases
+iterator state is two integers (JSON, saved with every orbax checkpoint), and a resumed run sees
+exactly the batches an uninterrupted one would.  Items are prepared by a thread pool (OpenCV releases
 the GIL) several batches ahead of the device.
 
 Batches have a fixed size: DeepLabCut's loader keeps the last, smaller batch of an epoch
@@ -113,8 +112,7 @@ class DataConfig:
 class TrainData:
     """Deterministic, resumable batches of ``items`` (see the module docstring).
 
-    ``read_image(path) -> uint8 RGB``; frames are cached in memory once read.  ``process_index``
-    / ``process_count`` split every batch's items across processes (each gets its rows).
+    ``read_image(path) -> uint8 RGB``; frames are cached in memory once read.
     """
 
     def __init__(self, items: list[Item], config: DataConfig = DataConfig(), *, seed: int = 42,
@@ -182,6 +180,11 @@ class TrainData:
         if not hasattr(self, '_executor'):
             self._executor = concurrent.futures.ThreadPoolExecutor(max(1, self.config.workers))
         return self._executor
+
+    def close(self) -> None:
+        if hasattr(self, '_executor'):
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            del self._executor
 
     def iterator(self, state: dict | None = None, *, num_epochs: int | None = None) -> TrainIterator:
         return TrainIterator(self, state, num_epochs=num_epochs)

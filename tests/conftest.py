@@ -5,6 +5,8 @@ DeepLabCut 3.0.2 reference environment; nothing here needs that environment.
 """
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -16,6 +18,14 @@ from superanimal_jax import synthetic
 FIXTURES = Path(__file__).parent / 'fixtures'
 
 jax.config.update('jax_default_matmul_precision', 'highest')
+# One compilation cache for the whole run (fresh each run): programs that several tests build
+# anew (the same network behind a new jitted function, the same tiny train step in several
+# fine-tuning tests and their subprocesses) compile once.
+COMPILATION_CACHE = Path(tempfile.mkdtemp(prefix='saj-jax-cache-'))
+os.environ['JAX_COMPILATION_CACHE_DIR'] = str(COMPILATION_CACHE)
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 @pytest.fixture(scope='session')

@@ -30,7 +30,9 @@ from superanimal_jax.train_data import DataConfig, Item, TrainData
 from conftest import OPENFIELD_PROJECT, write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = dict(batch_size=2, eval_interval=1000, log_interval=1, train_fraction=1.0, workers=1)
+# The tiny-model runs share one set of shapes and constants (batch 2, 4 items a split, lr 1e-3),
+# so their train step compiles once (conftest's compilation cache), subprocesses included.
+QUICK = dict(batch_size=2, eval_interval=1000, log_interval=1, train_fraction=0.67, workers=1, learning_rate=1e-3)
 
 
 def copy_project(tmp_path) -> Path:
@@ -196,6 +198,12 @@ def test_replay_fills_unlabelled_keypoints_from_predictions():
     assert (kp[[0, 1, 2, 13], 2] == 2).all() and (np.delete(kp[:, 2], [0, 1, 2, 13]) == -1).all()
 
 
+def test_config_is_validated():
+    for bad in ({'eval_interval': 0}, {'steps': 0}, {'mode': 'finetune'}, {'milestone_lrs': (1e-6,)}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
 def test_lr_schedule_uses_epoch_milestones():
     schedule = lr_schedule(TrainConfig(), steps_per_epoch=10)
     assert float(schedule(0)) == np.float32(1e-5) and float(schedule(1599)) == np.float32(1e-5)
@@ -206,8 +214,7 @@ def test_lr_schedule_uses_epoch_milestones():
 # ----------------------------------------------------------------------------- The loop
 
 def test_training_lowers_the_loss_and_exports_a_loadable_model(tiny_model_dir, tmp_path):
-    config = TrainConfig(steps=16, batch_size=2, learning_rate=1e-3, eval_interval=4, log_interval=1,
-                         train_fraction=0.67, save_interval_steps=8, workers=1,
+    config = TrainConfig(steps=16, **{**QUICK, 'eval_interval': 4}, save_interval_steps=8,
                          augmentation=TrainAugmentation.off())
     result = train(OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'run', config, progress=False)
     records = [json.loads(line) for line in (tmp_path / 'run' / 'log.jsonl').read_text().splitlines()]
@@ -247,27 +254,24 @@ WORKER = textwrap.dedent('''
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
     train(project, model, out, TrainConfig(steps=10, save_interval_steps=3, batch_size=2, eval_interval=1000,
-          log_interval=1, train_fraction=1.0, workers=1, learning_rate=1e-3), callbacks=[hook], progress=False)
+          log_interval=1, train_fraction=0.67, workers=1, learning_rate=1e-3), callbacks=[hook], progress=False)
     print('first step', first[0])
 ''')
 
 
-def run_worker(cache, *args):
-    # The three runs share a compilation cache: the same programs compile once.
-    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'JAX_COMPILATION_CACHE_DIR': str(cache),
-           'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+def run_worker(*args):
+    # The environment carries conftest's compilation cache: the three runs compile once.
     return subprocess.run([sys.executable, '-c', WORKER, *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env)
+                          cwd=ROOT, env={**os.environ, 'PYTHONPATH': str(ROOT)})
 
 
 def test_killed_run_resumes_bit_identically(tiny_model_dir, tmp_path):
-    cache = tmp_path / 'jax_cache'
-    whole = run_worker(cache, OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'whole', 0)
+    whole = run_worker(OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'whole', 0)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    killed = run_worker(cache, OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'killed', 8)
+    killed = run_worker(OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'killed', 8)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (tmp_path / 'killed' / 'model').exists()
-    resumed = run_worker(cache, OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'killed', 0)
+    resumed = run_worker(OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'killed', 0)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     first = int(resumed.stdout.split('first step')[1])
     assert first in (4, 7), resumed.stdout  # Restarted after the checkpoint at step 3 or 6.
@@ -283,7 +287,7 @@ def test_killed_run_resumes_bit_identically(tiny_model_dir, tmp_path):
 def test_cli_train_and_evaluate(tiny_model_dir, tmp_path, capsys):
     code = cli.main(['train', '--project', str(OPENFIELD_PROJECT), '--model', str(tiny_model_dir), '--out',
                      str(tmp_path / 'run'), '--steps', '2', '--batch-size', '2', '--mode', 'transfer',
-                     '--workers', '1', '--train-fraction', '0.67'])
+                     '--workers', '1', '--train-fraction', '0.67', '--lr', '1e-3'])
     assert code == 0
     out = capsys.readouterr().out
     assert 'test.rmse' in out and 'model:' in out
@@ -294,3 +298,8 @@ def test_cli_train_and_evaluate(tiny_model_dir, tmp_path, capsys):
     assert cli.main(['train', '--project', str(tmp_path), '--model', str(tiny_model_dir), '--out',
                      str(tmp_path / 'x')]) == 2
     assert 'no config.yaml' in capsys.readouterr().err
+    # Resuming with other settings would mix two experiments: refused, naming what changed.
+    assert cli.main(['train', '--project', str(OPENFIELD_PROJECT), '--model', str(tiny_model_dir), '--out',
+                     str(tmp_path / 'run'), '--steps', '4', '--batch-size', '1', '--mode', 'transfer',
+                     '--train-fraction', '0.67', '--lr', '1e-3']) == 2
+    assert 'batch_size: 2 -> 1' in capsys.readouterr().err
