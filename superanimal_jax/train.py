@@ -485,6 +485,8 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
         log.write(record)
         return record
 
+    if start == 0:  # The starting point, for the plot and for comparison.
+        evaluate_now(0, 0)
     bar = tqdm(total=total_steps, initial=start, desc='train', unit='step', disable=not progress)
     previous = None
     record = {}
@@ -571,6 +573,16 @@ def export_model(path: Path, source, pose_config: PoseConfig, variables: dict, t
     return model_dir.write(path, networks, sections, overwrite=True)
 
 
+def evaluation_task(project: Project, names: tuple[str, ...]) -> Task:
+    """Which model channel answers for which project bodypart: by name for a model fine-tuned on
+    the project (the bodyparts it predicts), else through the project's conversion table."""
+    shared = [b for b in project.bodyparts if b in names]
+    if shared:
+        return Task('direct', names, tuple(shared), np.asarray([project.bodyparts.index(b) for b in shared]),
+                    np.asarray([names.index(b) for b in shared]), None)
+    return make_task('replay', project, names)
+
+
 def evaluate(project: str | Path | Project, model: str | Path, *, frames: str | Sequence[int] = 'all',
              split: str | Path | None = None, bbox_margin: int = 25, pcutoff: float | None = None,
              single_animal: bool | None = None) -> dict:
@@ -589,13 +601,7 @@ def evaluate(project: str | Path | Project, model: str | Path, *, frames: str | 
     loaded = load(model)
     if loaded.pose is None:
         raise model_dir.ModelDirError(f'{model} has no pose network')
-    names = loaded.pose.keypoint_names
-    shared = [b for b in project.bodyparts if b in names]
-    if shared:  # A model fine-tuned on this project: its keypoints are project bodyparts.
-        task = Task('direct', names, tuple(shared), np.asarray([project.bodyparts.index(b) for b in shared]),
-                    np.asarray([names.index(b) for b in shared]), None)
-    else:  # A SuperAnimal model: through the project's conversion table.
-        task = make_task('replay', project, names)
+    task = evaluation_task(project, loaded.pose.keypoint_names)
     if pcutoff is None:
         pcutoff = project.config.get('pcutoff', 0.6)
         pcutoff = [float(p) for p in pcutoff] if isinstance(pcutoff, (list, tuple)) else float(pcutoff)

@@ -177,6 +177,23 @@ def test_modes_build_the_heads_deeplabcut_builds(pose_model_dir):
     assert 0.0005 < t['kernel'].std() < 0.002 and transfer.keypoint_names == project.bodyparts
 
 
+def test_evaluation_matches_bodyparts_by_name_or_conversion_table():
+    import dataclasses
+
+    from superanimal_jax.train import evaluation_task
+
+    project = read_project(OPENFIELD_PROJECT)
+    sa = evaluation_task(project, superanimal_jax.TOPVIEWMOUSE_KEYPOINTS)
+    assert sa.channels.tolist() == [0, 1, 2, 13] and sa.project_columns.tolist() == [0, 1, 2, 3]
+    # A model fine-tuned in convert mode on a table that left 'leftear' out predicts 3 bodyparts.
+    partial = evaluation_task(project, ('snout', 'rightear', 'tailbase'))
+    assert partial.bodyparts == ('snout', 'rightear', 'tailbase')
+    assert partial.project_columns.tolist() == [0, 2, 3] and partial.channels.tolist() == [0, 1, 2]
+    other = dataclasses.replace(project, config={**project.config, 'SuperAnimalConversionTables': {}})
+    with pytest.raises(ProjectError, match='no SuperAnimalConversionTables'):
+        evaluation_task(other, ('nose', 'tail'))
+
+
 def test_replay_fills_unlabelled_keypoints_from_predictions():
     project = read_project(OPENFIELD_PROJECT)
     task = make_task('replay', project, superanimal_jax.TOPVIEWMOUSE_KEYPOINTS)
