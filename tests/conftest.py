@@ -101,8 +101,16 @@ def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False) -> Pa
     from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, PoseNetwork
 
     config = dataclasses.replace(POSE_VARIANTS['hrnet_tiny'], num_keypoints=27)
-    variables = jax.tree_util.tree_map(np.asarray, jax.jit(PoseNetwork(config).init)(
-        jax.random.key(seed), jnp.zeros((1, 64, 64, 3), jnp.float32)))
+    shapes = jax.eval_shape(PoseNetwork(config).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):  # numpy, not Flax's initialisers: jitting those takes ~20 s here.
+        name = path[-1].key
+        if name == 'kernel':
+            return (rng.standard_normal(leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
+        return np.full(leaf.shape, 1.0 if name in ('scale', 'var') else 0.0, np.float32)
+
+    variables = jax.tree_util.tree_map_with_path(draw, shapes)
     if nan_bias:
         variables['params']['head']['deconv']['bias'] = np.full(27, np.nan, np.float32)
     return model_dir.write(path, {'pose': variables}, {'pose': {

@@ -259,7 +259,8 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path):
         train(OPENFIELD_PROJECT, model, tmp_path / 'run', TrainConfig(steps=3, **QUICK), progress=False)
 
 
-WORKER = textwrap.dedent('''
+RESUMABLE = dict(steps=10, save_interval_steps=3, **QUICK)
+WORKER = textwrap.dedent(f'''
     import os, signal, sys
     import jax
     jax.config.update('jax_default_matmul_precision', 'highest')
@@ -270,8 +271,7 @@ WORKER = textwrap.dedent('''
         first.append(step)
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-    train(project, model, out, TrainConfig(steps=10, save_interval_steps=3, batch_size=2, eval_interval=1000,
-          log_interval=1, train_fraction=0.67, workers=1, learning_rate=1e-3), callbacks=[hook], progress=False)
+    train(project, model, out, TrainConfig(**{RESUMABLE!r}), callbacks=[hook], progress=False)
     print('first step', first[0])
 ''')
 
@@ -283,8 +283,7 @@ def run_worker(*args):
 
 
 def test_killed_run_resumes_bit_identically(tiny_model_dir, tmp_path):
-    whole = run_worker(OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'whole', 0)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    train(OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'whole', TrainConfig(**RESUMABLE), progress=False)
     killed = run_worker(OPENFIELD_PROJECT, tiny_model_dir, tmp_path / 'killed', 8)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (tmp_path / 'killed' / 'model').exists()

@@ -190,6 +190,7 @@ def param_errors(ours: dict, g: dict, reference: dict, scale: np.ndarray) -> np.
                      for j, k in enumerate(g['leaf_keys'])])
 
 
+@pytest.mark.slow  # Two minutes on 2 cores (a float64 HRNet train step compiles): pytest -m slow.
 def test_float64_step_equals_deeplabcut_float64(ours64, golden):
     """In float64 the two implementations agree to rounding: loss, every gradient leaf, and the
     parameters after three AdamW steps.  (Both sides start from float32 targets and weights.)"""
