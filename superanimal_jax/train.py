@@ -223,6 +223,18 @@ def labelled_keypoints(project: Project, frame: int, individual: int, height: in
     return np.concatenate([np.nan_to_num(xy), np.where(inside, 2.0, 0.0)[:, None]], axis=1)
 
 
+def labelled_individuals(project: Project, frame: int, task: Task, height: int, width: int
+                         ) -> list[tuple[int, np.ndarray]]:
+    """``(individual, labels)`` for each individual of ``frame`` with a visible label; ``labels``
+    ``(bodyparts, 3)`` over the task's evaluated bodyparts (:func:`labelled_keypoints`)."""
+    out = []
+    for i in range(len(project.individuals)):
+        labels = labelled_keypoints(project, frame, i, height, width)[task.project_columns]
+        if (labels[:, 2] > 0).any():
+            out.append((i, labels))
+    return out
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two COCO xywh boxes."""
     x1, y1 = max(a[0], b[0]), max(a[1], b[1])
@@ -240,10 +252,7 @@ def make_items(project: Project, frames: Sequence[int], task: Task, *, sizes: di
     items = []
     for f in frames:
         height, width = sizes[f]
-        for i in range(len(project.individuals)):
-            labels = labelled_keypoints(project, f, i, height, width)[task.project_columns]
-            if not (labels[:, 2] > 0).any():
-                continue
+        for i, labels in labelled_individuals(project, f, task, height, width):
             keypoints = np.zeros((k_model, 3))
             keypoints[task.channels] = labels
             if task.mode == 'replay':
@@ -309,9 +318,7 @@ def evaluate_frames(predict, variables, project: Project, frames: Sequence[int],
             cache[f] = read_image(project.image_path(f))
         image = cache[f]
         h, w = image.shape[:2]
-        labels = [labelled_keypoints(project, f, i, h, w)[task.project_columns]
-                  for i in range(len(project.individuals))]
-        labels = [lab for lab in labels if (lab[:, 2] > 0).any()]
+        labels = [lab for _, lab in labelled_individuals(project, f, task, h, w)]
         if not labels:
             continue
         names.append(project.images[f])
@@ -347,12 +354,9 @@ def pseudo_labels(sa_predict, sa_variables, project: Project, frames, task: Task
     for f in frames:
         image = read_image(project.image_path(f))
         h, w = image.shape[:2]
-        keys, boxes = [], []
-        for i in range(len(project.individuals)):
-            labels = labelled_keypoints(project, f, i, h, w)[task.project_columns]
-            if (labels[:, 2] > 0).any():
-                keys.append((f, i))
-                boxes.append(bbox_from_keypoints(labels, h, w, bbox_margin))
+        found = labelled_individuals(project, f, task, h, w)
+        keys = [(f, i) for i, _ in found]
+        boxes = [bbox_from_keypoints(labels, h, w, bbox_margin) for _, labels in found]
         if keys:
             for key, kp in zip(keys, predict_on_boxes(sa_predict, sa_variables, [image], [np.stack(boxes)])[0]):
                 out[key] = kp
@@ -494,7 +498,6 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
         for step in range(start, total_steps):
             batch = next(iterator)
             epoch, epoch_step = batch.pop('epoch'), batch.pop('epoch_step')
-            batch.pop('keypoints')
             state, metrics = step_fn(state, batch_stats, batch)
             if previous is not None:  # Checked one step late: the host never waits for the device.
                 _check_and_log(previous, log, config.log_interval, total_steps, bar, callbacks)

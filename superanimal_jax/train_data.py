@@ -174,7 +174,7 @@ class TrainData:
         stride = self.config.stride
         targets, weights = heatmap_targets(keypoints, (ch // stride, cw // stride), stride)
         weights[len(samples):] = 0  # Padding items: no loss, no count.
-        return {'image': images, 'targets': targets, 'weights': weights, 'keypoints': keypoints.astype(np.float32)}
+        return {'image': images, 'targets': targets, 'weights': weights}
 
     def _pool(self) -> concurrent.futures.Executor:
         if not hasattr(self, '_executor'):

@@ -88,6 +88,18 @@ def detector_variables(detector_state) -> dict:
 
 
 OPENFIELD_PROJECT = FIXTURES / 'openfield_project'
+REFERENCE_PYTHON = FIXTURES.parents[1] / '.ref' / 'bin' / 'python'
+
+
+def run_reference_script(script: str, out: Path, *args: str) -> None:
+    """Run ``convert/<script>`` in the reference environment (``.ref/``) with ``--out out``; the
+    reference tier is skipped where that environment was not made."""
+    import subprocess
+
+    if not REFERENCE_PYTHON.exists():
+        pytest.skip('no reference environment: see ../shared/reference/README.md to make .ref/')
+    subprocess.run([str(REFERENCE_PYTHON), f'convert/{script}', '--out', str(out), *args],
+                   cwd=FIXTURES.parents[1], check=True)
 
 
 def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +24,9 @@ import pytest
 
 from superanimal_jax import augment as aug
 from superanimal_jax.pose import normalize_crops
+from conftest import run_reference_script
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / 'fixtures'
-REFERENCE_PYTHON = ROOT / '.ref' / 'bin' / 'python'
 
 
 def load(path: Path) -> dict:
@@ -205,10 +203,7 @@ def test_rejects_mismatched_params():
 @pytest.mark.reference
 def test_live_reference(tmp_path):
     """Regenerates the goldens with albumentations/DeepLabCut in ``.ref`` and checks every case."""
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip('no reference environment: see ../shared/reference/README.md to make .ref/')
-    subprocess.run([str(REFERENCE_PYTHON), 'convert/make_augment_fixtures.py', '--out', str(tmp_path)],
-                   cwd=ROOT, check=True)
+    run_reference_script('make_augment_fixtures.py', tmp_path)
     golden = load(tmp_path / 'augment_golden.npz')
     index = json.loads(str(golden['index']))
     for kind, check in CHECKS.items():

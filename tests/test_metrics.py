@@ -8,17 +8,13 @@ its file with the stored one and our metrics with its values.
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, run_reference_script
 from superanimal_jax import metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_PYTHON = ROOT / '.ref' / 'bin' / 'python'
 GOLDEN = FIXTURES / 'metrics_golden.npz'
 with np.load(GOLDEN) as _g:
     SCENARIOS = [str(s) for s in _g['scenarios']]
@@ -149,10 +145,7 @@ def test_bad_options_raise():
 
 @pytest.mark.reference
 def test_live_deeplabcut(golden, tmp_path):
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip('no reference environment: see ../shared/reference/README.md to make .ref/')
-    subprocess.run([str(REFERENCE_PYTHON), 'convert/make_metric_fixtures.py', '--out', str(tmp_path)], cwd=ROOT,
-                   check=True)
+    run_reference_script('make_metric_fixtures.py', tmp_path)
     with np.load(tmp_path / 'metrics_golden.npz') as g:
         live = dict(g)
     assert set(live) == set(golden)  # The stored goldens are what the script makes today.

@@ -8,8 +8,6 @@ openfield crops and two random inputs, every tap in full (no subsampling).  We t
 files the reference wrote and compare.  Takes about 5 minutes on 2 cores.
 """
 
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,20 +15,16 @@ import pytest
 import superanimal_jax
 from superanimal_jax.conversion import flatten
 from pose_parity import check_float64, check_keypoints, check_taps, golden_inputs
+from conftest import run_reference_script
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_PYTHON = ROOT / '.ref' / 'bin' / 'python'
 
 pytestmark = pytest.mark.reference
 
 
 @pytest.fixture(scope='module')
 def live(tmp_path_factory):
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip('no reference environment: see ../shared/reference/README.md to make .ref/')
     out = tmp_path_factory.mktemp('live')
-    subprocess.run([str(REFERENCE_PYTHON), 'convert/make_pose_fixtures.py', '--out', str(out), '--full',
-                    '--checkpoints', str(out / 'checkpoints')], cwd=ROOT, check=True)
+    run_reference_script('make_pose_fixtures.py', out, '--full', '--checkpoints', str(out / 'checkpoints'))
     with np.load(out / 'pose_golden_full.npz') as golden, \
             np.load(out / 'pose_golden_float64_full.npz') as golden64:
         return out, dict(golden), dict(golden64)

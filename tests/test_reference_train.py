@@ -9,27 +9,21 @@ parameter leaf kept whole (~430 MB in a temporary folder), then the checks of
 """
 
 import json
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import test_train_parity as parity
+from conftest import run_reference_script
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_PYTHON = ROOT / '.ref' / 'bin' / 'python'
 
 pytestmark = pytest.mark.reference
 
 
 @pytest.fixture(scope='module')
 def golden(tmp_path_factory):
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip('no reference environment: see ../shared/reference/README.md to make .ref/')
     out = tmp_path_factory.mktemp('live_train')
-    subprocess.run([str(REFERENCE_PYTHON), 'convert/make_train_fixtures.py', '--out', str(out), '--full'],
-                   cwd=ROOT, check=True)
+    run_reference_script('make_train_fixtures.py', out, '--full')
     with np.load(out / 'train_step_golden_full.npz') as g, np.load(out / 'train_step_golden_float64_full.npz') as g64:
         g, g64 = dict(g), dict(g64)
     assert not any(k.startswith('grad_index/') for k in g)  # Every leaf whole.
