@@ -2,8 +2,8 @@
 
 __version__ = '0.1.0'
 
-from superanimal_jax import hub
-from superanimal_jax.analyze import analyze_images, analyze_video
+from superanimal_jax import hub, parallel
+from superanimal_jax.analyze import analyze_images, analyze_video, analyze_videos
 from superanimal_jax.conversion import ConversionError
 from superanimal_jax.converter import convert
 from superanimal_jax.detector import Detector
@@ -16,6 +16,7 @@ from superanimal_jax.train import train as fine_tune
 
 __all__ = [
     'ConversionError', 'Detector', 'ModelDirError', 'PoseEstimator', 'ProjectError', 'SuperAnimalModel',
-    'TOPVIEWMOUSE_KEYPOINTS', 'TrainConfig', '__version__', 'analyze_images', 'analyze_video', 'convert',
-    'decode_heatmaps', 'evaluate', 'fine_tune', 'hub', 'load', 'normalize_crops', 'read_project',
+    'TOPVIEWMOUSE_KEYPOINTS', 'TrainConfig', '__version__', 'analyze_images', 'analyze_video', 'analyze_videos',
+    'convert', 'decode_heatmaps', 'evaluate', 'fine_tune', 'hub', 'load', 'normalize_crops', 'parallel',
+    'read_project',
 ]

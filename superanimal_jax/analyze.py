@@ -84,6 +84,24 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     return paths
 
 
+def analyze_videos(videos: Sequence[str | os.PathLike], model, out_dir: str | os.PathLike | None = None,
+                   **options) -> dict[Path, dict[str, Path]]:
+    """:func:`analyze_video` on this process's share of ``videos``
+    (:func:`superanimal_jax.parallel.process_share`: with N processes, every N-th video).
+
+    Started on every host of a multi-host job, each host analyses its share on its own devices
+    and writes exactly the files a single-host run writes for those videos.  Returns ``{video:
+    paths written}`` for this process's videos.
+    """
+    from superanimal_jax import parallel
+
+    videos = [Path(v) for v in videos]
+    missing = [str(v) for v in videos if not v.is_file()]
+    if missing:  # Every process checks every video, so no host starts a job that will fail.
+        raise FileNotFoundError(f'no such video file: {", ".join(missing)}')
+    return {video: analyze_video(video, model, out_dir, **options) for video in parallel.process_share(videos)}
+
+
 def _plot(h5: Path, path: Path, max_individuals: int, bodyparts, pcutoff: float) -> Path:
     import pandas as pd
 

@@ -46,11 +46,21 @@ def _download(args) -> int:
     return 0
 
 
+def _distributed(args) -> None:
+    """Start JAX's distributed runtime from --coordinator/--num-processes/--process-id (or the
+    SUPERANIMAL_JAX_* environment), before any other JAX call."""
+    from superanimal_jax import parallel
+
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def _analyze(args) -> int:
     from pathlib import Path
 
+    import jax
+
     import superanimal_jax
-    from superanimal_jax.analyze import IMAGE_SUFFIXES, analyze_images, analyze_video
+    from superanimal_jax.analyze import IMAGE_SUFFIXES, analyze_images, analyze_videos
 
     inputs = [Path(p) for p in args.inputs]
     for p in inputs:
@@ -61,17 +71,19 @@ def _analyze(args) -> int:
                              f'({", ".join(IMAGE_SUFFIXES)})')
     if args.out is not None and not Path(args.out).is_dir():
         raise OSError(f'output folder {args.out} does not exist')
-    model = superanimal_jax.load(_model_dir(args))
+    _distributed(args)
+    model = superanimal_jax.load(_model_dir(args), dtype=args.dtype)
     videos = [p for p in inputs if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
     images = [p for p in inputs if p not in videos]
     options = dict(max_individuals=args.max_individuals, batch_size=args.batch_size, pcutoff=args.pcutoff)
-    for video in videos:
-        paths = analyze_video(video, model, args.out, labeled_video=args.labeled_video, csv=args.csv,
-                              plot_trajectories=args.plot_trajectories, start=args.start, stop=args.stop,
-                              **options)
+    # With several processes each analyses its share of the videos; process 0 the images.
+    done = analyze_videos(videos, model, args.out, labeled_video=args.labeled_video, csv=args.csv,
+                          plot_trajectories=args.plot_trajectories, start=args.start, stop=args.stop,
+                          **options)
+    for paths in done.values():
         for path in paths.values():
             print(f'wrote {path}')
-    if images:
+    if images and jax.process_index() == 0:
         out = args.out or (images[0] if images[0].is_dir() else images[0].parent)
         results = analyze_images(images, model, out, labeled=args.labeled_video, **options)
         print(f'analysed {len(results)} images, results in {out}')
@@ -82,8 +94,9 @@ def _train(args) -> int:
     from superanimal_jax.augment import TrainAugmentation
     from superanimal_jax.train import TrainConfig, train
 
+    _distributed(args)
     options = dict(mode=args.mode, batch_size=args.batch_size, seed=args.seed, workers=args.workers,
-                   train_fraction=args.train_fraction)
+                   train_fraction=args.train_fraction, compute_dtype=args.dtype)
     if args.epochs is not None:
         options['epochs'] = args.epochs
     if args.steps is not None:
@@ -119,6 +132,19 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _add_scaling_options(command) -> None:
+    group = command.add_argument_group('devices and hosts (see README, "Scaling out")')
+    group.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                       help='compute dtype (weights and BatchNorm statistics stay float32; default float32)')
+    group.add_argument('--coordinator', metavar='HOST:PORT',
+                       help="multi-host: process 0's address, on every host ('auto': JAX's cluster detection "
+                       'on Cloud TPU, SLURM, Open MPI); or SUPERANIMAL_JAX_COORDINATOR')
+    group.add_argument('--num-processes', type=int, metavar='N', help='multi-host: number of processes '
+                       '(or SUPERANIMAL_JAX_NUM_PROCESSES)')
+    group.add_argument('--process-id', type=int, metavar='I', help="multi-host: this process's index, 0..N-1 "
+                       '(or SUPERANIMAL_JAX_PROCESS_ID)')
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='superanimal-jax', description=__doc__)
     commands = parser.add_subparsers(dest='command', required=True)
@@ -147,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     analyze.add_argument('--plot-trajectories', action='store_true', help='also write a trajectory plot (PNG)')
     analyze.add_argument('--start', type=int, default=0, metavar='FRAME', help='first frame to analyse')
     analyze.add_argument('--stop', type=int, metavar='FRAME', help='analyse up to this frame (exclusive)')
+    _add_scaling_options(analyze)
     analyze.set_defaults(run=_analyze)
 
     download = commands.add_parser('download', help='fetch the released weights from the DeepLabCut model hub, '
@@ -176,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument('--drop-unlabeled', action='store_true', help='leave out frames without any label')
     fit.add_argument('--seed', type=int, default=42)
     fit.add_argument('--workers', type=int, default=2, metavar='N', help='host threads preparing batches')
+    _add_scaling_options(fit)
     fit.set_defaults(run=_train)
 
     assess = commands.add_parser('evaluate', help="DeepLabCut's RMSE and mAP of a model on a project's labels")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superanimal_jax import anchors, resize, roi_align, roi_heads, rpn
+from superanimal_jax import anchors, parallel, resize, roi_align, roi_heads, rpn
 from superanimal_jax.fpn import FPN, LEVELS
 from superanimal_jax.layers import Dtype
 from superanimal_jax.resnet import ResNet50Body
@@ -88,15 +88,22 @@ class Detector:
     ``frames``: uint8 RGB ``(N, H, W, 3)``.  One function is compiled per frame size and
     ``max_detections``; everything inside has static shapes, with validity masks where
     torchvision's counts vary.  ``features``/``classify`` expose the networks alone.
+
+    Frames are split across ``mesh`` (default: every device of this process), the weights
+    replicated; a batch that does not split evenly is padded with black frames whose outputs are
+    dropped.  ``dtype`` is the networks' compute dtype; box arithmetic (decoding, NMS, RoIAlign
+    coordinates) stays float32 whatever it is.
     """
 
     def __init__(self, variables, *, score_threshold: float = 0.6, dtype=jnp.float32,
-                 nms_method: str = 'cpu', torch_version: str = '2.15'):
-        self.network = DetectorNetwork(dtype=dtype)
+                 nms_method: str = 'cpu', torch_version: str = '2.15', mesh=None):
+        self.dtype = parallel.compute_dtype(dtype)
+        self.network = DetectorNetwork(dtype=self.dtype)
         # Which torch CPU resize arithmetic to reproduce (it changed in torch 2.15; the
         # reference environment of DeepLabCut 3.0.2 resolves torch 2.15).
         self.torch_version = torch_version
-        self.variables = jax.device_put(variables)
+        self.mesh = parallel.check_local(mesh or parallel.local_mesh())
+        self.variables = parallel.put_replicated(variables, self.mesh)
         self.score_threshold = score_threshold
         self.nms_method = nms_method
         self._features = jax.jit(lambda v, x: self.network.apply(v, x, method='features'))
@@ -109,10 +116,19 @@ class Detector:
         if np.shape(images)[1] % 32 or np.shape(images)[2] % 32:
             raise ValueError(f'padded image height and width must be multiples of 32, got '
                              f'{np.shape(images)[1:3]}')
-        return self._features(self.variables, images)
+        return self._run(self._features, images)
 
     def classify(self, roi_features):
-        return self._classify(self.variables, roi_features)
+        return self._run(self._classify, roi_features)
+
+    def _run(self, fn, batch, **options):
+        """``fn(variables, batch)`` with the batch padded to the mesh and split across it."""
+        n = np.shape(batch)[0]
+        size = parallel.padded_size(n, self.mesh)
+        if size != n:
+            batch = parallel.pad_batch(jax.device_get(batch), size)
+        out = fn(self.variables, parallel.put_batch(batch, self.mesh), **options)
+        return out if size == n else jax.tree_util.tree_map(lambda x: x[:n], out)
 
     def detect(self, frames, max_detections: int = 100, *, with_taps: bool = False) -> dict:
         """``{'boxes': (N, K, 4) xyxy frame pixels, 'scores': (N, K), 'valid': (N, K)}``, sorted by
@@ -124,7 +140,7 @@ class Detector:
             raise ValueError(f'frames must be uint8 RGB (N, H, W, 3), got {dtype} {shape}')
         if not 1 <= max_detections <= 100:
             raise ValueError(f'max_detections must be in 1..100, got {max_detections}')
-        return self._detect(self.variables, frames, max_detections=max_detections, with_taps=with_taps)
+        return self._run(self._detect, frames, max_detections=max_detections, with_taps=with_taps)
 
     def preprocess(self, frames):
         """uint8 frames -> (normalised, resized, padded images, resized size ``(h, w)``), with
@@ -142,11 +158,13 @@ class Detector:
         taps = self.network.apply(variables, images, method='features')
         scales = roi_align.infer_scales([taps[f'fpn/{k}'].shape[1:] for k in LEVELS[:4]], image_size)
 
+        f32 = lambda x: x.astype(jnp.float32)  # noqa: E731  Box arithmetic is float32 in any policy.
+
         def one_image(logits, deltas, *pyramid):
             proposals, proposal_valid = rpn.filter_proposals(
-                logits, deltas, grid, level_sizes, image_size, nms_method=self.nms_method)
-            pooled = roi_align.multiscale_roi_align(pyramid, proposals, scales)
-            class_logits, box_deltas = self.network.apply(variables, pooled, method='classify')
+                f32(logits), f32(deltas), grid, level_sizes, image_size, nms_method=self.nms_method)
+            pooled = roi_align.multiscale_roi_align([f32(level) for level in pyramid], proposals, scales)
+            class_logits, box_deltas = map(f32, self.network.apply(variables, pooled, method='classify'))
             found = roi_heads.postprocess_detections(
                 class_logits, box_deltas, proposals, proposal_valid, image_size,
                 score_threshold=self.score_threshold, max_detections=max_detections)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superanimal_jax import model_dir
+from superanimal_jax import model_dir, parallel
 from superanimal_jax.detector import Detector
 from superanimal_jax.detector import variables_shape as detector_variables_shape
 from superanimal_jax.pipeline import TopDownPipeline
@@ -23,13 +23,19 @@ class PoseEstimator:
     ``crops``: float32 ``(N, H, W, 3)`` RGB, normalised as DeepLabCut normalises crops
     (:func:`superanimal_jax.normalize_crops` on uint8), H and W multiples of 32 (256x256 for
     SuperAnimal). Each input shape compiles once; repeated shapes reuse the compiled code.
+
+    Batches are split across ``mesh`` (default: every device of this process), the weights
+    replicated on each; a batch that does not split evenly is padded (the padding's outputs are
+    dropped).  ``dtype`` is the compute dtype (``float32`` or ``bfloat16``); weights stay float32.
     """
 
-    def __init__(self, config: PoseConfig, variables, *, keypoint_names=None, dtype=jnp.float32):
+    def __init__(self, config: PoseConfig, variables, *, keypoint_names=None, dtype=jnp.float32, mesh=None):
         self.config = config
         self.keypoint_names = tuple(keypoint_names or ())
-        self.network = PoseNetwork(config, dtype=dtype)
-        self.variables = jax.device_put(variables)
+        self.dtype = parallel.compute_dtype(dtype)
+        self.network = PoseNetwork(config, dtype=self.dtype)
+        self.mesh = parallel.check_local(mesh or parallel.local_mesh())
+        self.variables = parallel.put_replicated(variables, self.mesh)
         self._taps = jax.jit(self.network.apply)
         self._heatmaps = jax.jit(lambda v, x: self.network.apply(v, x)['heatmaps'])
         self._keypoints = jax.jit(
@@ -48,24 +54,33 @@ class PoseEstimator:
                              'superanimal_jax.normalize_crops first')
         return crops
 
+    def _run(self, fn, crops):
+        """``fn(variables, crops)`` with the batch padded to the mesh and split across it."""
+        n = np.shape(crops)[0]
+        size = parallel.padded_size(n, self.mesh)
+        if size != n:
+            crops = parallel.pad_batch(jax.device_get(crops), size)
+        out = fn(self.variables, parallel.put_batch(crops, self.mesh))
+        return out if size == n else jax.tree_util.tree_map(lambda x: x[:n], out)
+
     def heatmaps(self, crops) -> jax.Array:
-        """Raw heatmaps ``(N, H/4, W/4, K)``."""
-        return self._heatmaps(self.variables, self._check(crops))
+        """Raw heatmaps ``(N, H/4, W/4, K)``, in the compute dtype."""
+        return self._run(self._heatmaps, self._check(crops))
 
     def keypoints(self, crops) -> jax.Array:
         """``(N, K, 3)``: x, y in crop pixels (cell centres ``4k + 2``) and score in [0, 1]."""
-        return self._keypoints(self.variables, self._check(crops))
+        return self._run(self._keypoints, self._check(crops))
 
     def keypoints_uint8(self, crops) -> jax.Array:
         """:meth:`keypoints` of uint8 RGB crops, normalised on the device as DeepLabCut does."""
         shape, dtype = np.shape(crops), getattr(crops, 'dtype', None)
         if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
             raise ValueError(f'crops must be uint8 RGB (N, H, W, 3), got {dtype} {shape}')
-        return self._keypoints_uint8(self.variables, crops)
+        return self._run(self._keypoints_uint8, crops)
 
     def taps(self, crops) -> dict:
         """Every named intermediate output (stem, layer1, stage branches, features, heatmaps)."""
-        return self._taps(self.variables, self._check(crops))
+        return self._run(self._taps, self._check(crops))
 
 
 @dataclasses.dataclass
@@ -97,8 +112,12 @@ class SuperAnimalModel:
         return self._pipelines[max_individuals].predict(frames, batch_size=batch_size)
 
 
-def load(path: str | os.PathLike, *, dtype=jnp.float32) -> SuperAnimalModel:
-    """Load a directory written by :func:`superanimal_jax.convert`."""
+def load(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> SuperAnimalModel:
+    """Load a directory written by :func:`superanimal_jax.convert`.
+
+    ``dtype``: the compute dtype of both networks (``'float32'`` or ``'bfloat16'``; weights and
+    BatchNorm statistics stay float32).  ``mesh``: the devices that share each batch (default:
+    every device of this process; see :mod:`superanimal_jax.parallel`)."""
     metadata = model_dir.read_metadata(path)
     pose = None
     if 'pose' in metadata:
@@ -110,9 +129,10 @@ def load(path: str | os.PathLike, *, dtype=jnp.float32) -> SuperAnimalModel:
         if 'num_keypoints' in section:  # A fine-tuned model predicts its project's keypoints.
             config = dataclasses.replace(config, num_keypoints=int(section['num_keypoints']))
         variables = model_dir.read_variables(path, 'pose', variables_shape(config))
-        pose = PoseEstimator(config, variables, keypoint_names=section.get('keypoints'), dtype=dtype)
+        pose = PoseEstimator(config, variables, keypoint_names=section.get('keypoints'), dtype=dtype,
+                             mesh=mesh)
     detector = None
     if 'detector' in metadata:
         variables = model_dir.read_variables(path, 'detector', detector_variables_shape())
-        detector = Detector(variables, dtype=dtype)
+        detector = Detector(variables, dtype=dtype, mesh=mesh)
     return SuperAnimalModel(pose=pose, metadata=metadata, detector=detector)

@@ -45,6 +45,14 @@ def default_keypoints(config: PoseConfig) -> tuple[str, ...]:
     return tuple(f'keypoint{i}' for i in range(config.num_keypoints))
 
 
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """A checkpointer of this process alone: model directories are read by every process on its
+    own and written by one (in a multi-process run, process 0), without cross-process barriers."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
+
+
 def write(out: str | os.PathLike, networks: dict[str, dict], sections: dict[str, dict], *,
           overwrite: bool = False) -> Path:
     """Write ``networks`` (name -> variable tree) and their metadata sections to ``out``."""
@@ -56,7 +64,7 @@ def write(out: str | os.PathLike, networks: dict[str, dict], sections: dict[str,
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-', dir=out.parent))
     try:
-        checkpointer = ocp.StandardCheckpointer()
+        checkpointer = _checkpointer()
         for name, variables in networks.items():
             checkpointer.save(staging / name, jax.tree_util.tree_map(np.asarray, variables))
         checkpointer.wait_until_finished()
@@ -99,4 +107,4 @@ def read_variables(path: str | os.PathLike, name: str, abstract) -> dict:
     directory = Path(path).absolute() / name
     if not directory.is_dir():
         raise ModelDirError(f'{Path(path)} has no {name!r} network')
-    return ocp.StandardCheckpointer().restore(directory, abstract)
+    return _checkpointer().restore(directory, abstract)
