@@ -53,7 +53,7 @@ import orbax.checkpoint as ocp
 
 from superanimal_jax import crops as crops_lib
 from superanimal_jax import metrics as metrics_lib
-from superanimal_jax import model_dir
+from superanimal_jax import model_dir, parallel
 from superanimal_jax.augment import TrainAugmentation
 from superanimal_jax.pose import PoseConfig, PoseNetwork, decode_heatmaps, normalize_crops
 from superanimal_jax.project import Project, ProjectError, Split, read_project, write_split
@@ -94,10 +94,12 @@ class TrainConfig:
     replay_iou: float = 0.7
     workers: int = 2
     keep_checkpoints: int = 2
+    compute_dtype: str = 'float32'  # Or 'bfloat16'; parameters and optimiser state stay float32.
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
+        parallel.compute_dtype(self.compute_dtype)
         if len(self.milestones) != len(self.milestone_lrs):
             raise ValueError('milestones and milestone_lrs must have the same length')
         for name in ('batch_size', 'epochs', 'eval_interval', 'save_interval', 'log_interval', 'keep_checkpoints',
@@ -159,12 +161,17 @@ def make_optimizer(config: TrainConfig, params, steps_per_epoch: int) -> optax.G
     return optax.multi_transform({'trained': adamw, 'frozen': optax.set_to_zero()}, labels)
 
 
-def make_train_step(network: PoseNetwork, optimizer: optax.GradientTransformation, *, with_grads: bool = False):
+def make_train_step(network: PoseNetwork, optimizer: optax.GradientTransformation, *, with_grads: bool = False,
+                    mesh=None):
     """``step(state, batch_stats, batch) -> (state, metrics)``, jitted, ``state`` donated.
 
     ``batch``: ``image`` (B, H, W, 3) normalised crops, ``targets`` and ``weights``
     (B, H/4, W/4, K).  Metrics: loss (before the update), global gradient and parameter norms;
     with ``with_grads`` also the gradients themselves (for parity checks).
+
+    With ``mesh``, the shardings are explicit: the batch split along ``'data'``
+    (:func:`superanimal_jax.parallel.global_batch`), state, statistics and metrics replicated;
+    XLA sums the per-device gradients, so the step is the same computation as on one device.
     """
     def loss_fn(params, batch_stats, batch):
         heatmaps = network.apply({'params': params, 'batch_stats': batch_stats}, batch['image'])['heatmaps']
@@ -181,12 +188,20 @@ def make_train_step(network: PoseNetwork, optimizer: optax.GradientTransformatio
                      'rng': jax.random.fold_in(state['rng'], state['step'])}
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep, rep, batch), out_shardings=(rep, rep), donate_argnums=0)
 
 
-def init_state(params, optimizer: optax.GradientTransformation, seed: int) -> dict:
-    return {'params': params, 'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32),
-            'rng': jax.random.PRNGKey(seed)}
+def init_state(params, optimizer: optax.GradientTransformation, seed: int, mesh=None) -> dict:
+    """The starting state; with ``mesh``, built on the host and replicated over the mesh (every
+    process builds the same values)."""
+    state = {'params': params, 'opt_state': optimizer.init(params), 'step': jnp.zeros((), jnp.int32),
+             'rng': jax.random.PRNGKey(seed)}
+    if mesh is None:
+        return state
+    return parallel.put_replicated(jax.tree_util.tree_map(np.asarray, state), mesh)
 
 
 # ----------------------------------------------------------------------------- Labels per mode
@@ -367,8 +382,10 @@ class _Log:
     """``log.jsonl``: one JSON object per logged step / evaluation; on resume, truncated to the
     checkpoint's step so that the file reads as one uninterrupted run."""
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int, *, write: bool = True):
+        self.path, self.enabled = path, write
+        if not write:  # Another process writes the log.
+            return
         kept = []
         if path.exists() and resume_step > 0:
             kept = [line for line in path.read_text().splitlines()
@@ -376,6 +393,8 @@ class _Log:
         path.write_text(''.join(line + '\n' for line in kept))
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, 'a') as f:
             f.write(json.dumps(record) + '\n')
 
@@ -392,7 +411,7 @@ def _parse(line: str) -> dict | None:
 
 RUN_KEYS = ('mode', 'batch_size', 'seed', 'split_seed', 'train_fraction', 'bbox_margin', 'augmentation',
             'learning_rate', 'weight_decay', 'milestones', 'milestone_lrs', 'frozen', 'replay_threshold',
-            'replay_iou')
+            'replay_iou', 'compute_dtype')
 
 
 def _check_run(out: Path, config: TrainConfig, model, items: int) -> None:
@@ -413,14 +432,31 @@ def _check_run(out: Path, config: TrainConfig, model, items: int) -> None:
 
 
 def train(project: str | Path | Project, model: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
-          *, callbacks: Sequence[Callable[[int, dict], None]] = (), progress: bool = True) -> dict:
+          *, callbacks: Sequence[Callable[[int, dict], None]] = (), progress: bool = True, mesh=None) -> dict:
     """Fine-tune the pose model of the model directory ``model`` on ``project``; see the module
     docstring.  Resumes from ``out/checkpoints`` if present.  ``callbacks(step, metrics)`` run after
-    every step.  Returns the final metrics and the paths written."""
+    every step.  Returns the final metrics and the paths written.
+
+    Data parallel over ``mesh`` (default: every device of every process,
+    :func:`superanimal_jax.parallel.global_mesh`); the batch size must be a multiple of its
+    device count.  With several processes every process calls ``train`` alike, each prepares its
+    block of every batch, and process 0 writes the files (orbax writes the checkpoints from
+    all); ``out`` must be a folder every process sees.  A run may resume on another number of
+    devices."""
+    from jax.experimental import multihost_utils
     from tqdm.auto import tqdm
 
     from superanimal_jax.model import load
 
+    mesh = mesh or parallel.global_mesh()
+    if config.batch_size % mesh.size:
+        raise ValueError(f'batch size {config.batch_size} does not split over the {mesh.size} devices of the '
+                         f'mesh: use a multiple of {mesh.size}')
+    processes = sorted({d.process_index for d in mesh.devices.flat})
+    if processes != list(range(jax.process_count())):
+        raise ValueError(f'the training mesh must span every process (it spans processes {processes} of '
+                         f'{jax.process_count()})')
+    primary = jax.process_index() == 0
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     project = project if isinstance(project, Project) else read_project(project)
@@ -430,35 +466,37 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
     task = make_task(config.mode, project, sa.pose.keypoint_names)
 
     split_path = out / 'split.json'
-    if split_path.exists():
-        split = Split.from_json(json.loads(split_path.read_text()), project)
-    else:
-        split = project.split(config.train_fraction, config.split_seed)
-        write_split(split_path, split, project)
+    if primary and not split_path.exists():
+        write_split(split_path, project.split(config.train_fraction, config.split_seed), project)
+    multihost_utils.sync_global_devices('superanimal_jax.train: split written')
+    split = Split.from_json(json.loads(split_path.read_text()), project)
     sizes = _frame_sizes(project, split.train, load_rgb)
     pseudo = None
     if config.mode == 'replay':
-        sa_predict = make_predict_fn(sa.pose.network)
+        sa_predict = lambda variables, crops: sa.pose.keypoints_uint8(crops)  # noqa: E731  Split over the devices.
         pseudo = pseudo_labels(sa_predict, sa.pose.variables, project, split.train, task,
                                bbox_margin=config.bbox_margin)
     items = make_items(project, split.train, task, sizes=sizes, pseudo=pseudo, bbox_margin=config.bbox_margin,
                        replay_threshold=config.replay_threshold, replay_iou=config.replay_iou)
     data = TrainData(items, DataConfig(batch_size=config.batch_size, bbox_margin=config.bbox_margin,
                                        augmentation=config.augmentation, workers=config.workers,
-                                       stride=sa.pose.config.stride), seed=config.seed)
+                                       stride=sa.pose.config.stride), seed=config.seed,
+                     process_index=jax.process_index(), process_count=jax.process_count())
     total_steps = config.steps or config.epochs * data.steps_per_epoch
     num_epochs = math.ceil(total_steps / data.steps_per_epoch)
-    _check_run(out, config, model, len(items))
+    if primary:
+        _check_run(out, config, model, len(items))
 
     pose_config = dataclasses.replace(sa.pose.config, num_keypoints=len(task.keypoint_names))
-    network = PoseNetwork(pose_config)
+    network = PoseNetwork(pose_config, dtype=parallel.compute_dtype(config.compute_dtype))
     variables = init_variables(config.mode, sa.pose.variables, task.source_channels, len(task.keypoint_names),
                                config.seed)
-    batch_stats = jax.device_put(variables['batch_stats'])
+    batch_stats = parallel.put_replicated(variables['batch_stats'], mesh)
     optimizer = make_optimizer(config, variables['params'], data.steps_per_epoch)
-    state = init_state(jax.device_put(variables['params']), optimizer, config.seed)
-    step_fn = make_train_step(network, optimizer)
+    state = init_state(variables['params'], optimizer, config.seed, mesh)
+    step_fn = make_train_step(network, optimizer, mesh=mesh)
     predict = make_predict_fn(network)
+    local_batch_stats = parallel.local_copy(batch_stats)
 
     save_every = config.save_interval_steps or config.save_interval * data.steps_per_epoch
     latest = ocp.CheckpointManager(out / 'checkpoints', options=ocp.CheckpointManagerOptions(
@@ -474,12 +512,13 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
     start = int(state['step'])
     if start > total_steps:
         raise ValueError(f'{out} already holds a checkpoint at step {start}, past the {total_steps} steps asked for')
-    log = _Log(out / 'log.jsonl', start)
+    log = _Log(out / 'log.jsonl', start, write=primary)
     iterator = data.iterator(data_state, num_epochs=num_epochs)
     eval_cache: dict = {}
 
     def evaluate_now(step: int, epoch: int) -> dict:
-        v = {'params': state['params'], 'batch_stats': batch_stats}
+        # Every process evaluates on its own first device (the same numbers; no collectives).
+        v = {'params': parallel.local_copy(state['params']), 'batch_stats': local_batch_stats}
         record = {'step': step, 'epoch': epoch}
         for name, frames in (('train', split.train), ('test', split.test)):
             if frames:
@@ -491,14 +530,14 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
 
     if start == 0:  # The starting point, for the plot and for comparison.
         evaluate_now(0, 0)
-    bar = tqdm(total=total_steps, initial=start, desc='train', unit='step', disable=not progress)
+    bar = tqdm(total=total_steps, initial=start, desc='train', unit='step', disable=not (progress and primary))
     previous = None
     record = {}
     try:
         for step in range(start, total_steps):
             batch = next(iterator)
             epoch, epoch_step = batch.pop('epoch'), batch.pop('epoch_step')
-            state, metrics = step_fn(state, batch_stats, batch)
+            state, metrics = step_fn(state, batch_stats, parallel.global_batch(batch, mesh))
             if previous is not None:  # Checked one step late: the host never waits for the device.
                 _check_and_log(previous, log, config.log_interval, total_steps, bar, callbacks)
             previous = (step, epoch, metrics)
@@ -529,23 +568,29 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
     if not record:  # Resumed a finished run: report its last evaluation.
         record = next((r for r in reversed(log.records()) if 'epoch' in r and any('.rmse' in k for k in r)), {})
 
-    paths = {'log': out / 'log.jsonl', 'split': split_path, 'checkpoints': out / 'checkpoints'}
+    paths = {'log': out / 'log.jsonl', 'split': split_path, 'checkpoints': out / 'checkpoints',
+             'model': out / 'model', 'plot': out / 'training.png'}
     metadata = {'mode': config.mode, 'project': str(project.path), 'source_model': str(Path(model).absolute()),
                 'config': json.loads(json.dumps(dataclasses.asdict(config))), 'steps': total_steps}
-    paths['model'] = export_model(out / 'model', sa, pose_config, {'params': state['params'],
-                                  'batch_stats': batch_stats}, task, metadata)
+    final = {'params': parallel.local_copy(state['params']), 'batch_stats': local_batch_stats}
+    if primary:
+        export_model(paths['model'], sa, pose_config, final, task, metadata)
     best = ocp.CheckpointManager(out / 'best', options=ocp.CheckpointManagerOptions(
         max_to_keep=1, best_fn=lambda m: m['test.mAP'], best_mode='max', read_only=True))
-    if split.test and best.best_step() is not None:
+    if split.test and best.best_step() is not None:  # Every process restores (orbax syncs them).
         best_params = best.restore(best.best_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore(
             jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state['params']))))['params']
-        paths['model_best'] = export_model(out / 'model-best', sa, pose_config,
-                                           {'params': best_params, 'batch_stats': batch_stats}, task,
-                                           {**metadata, 'best_step': best.best_step()})
-    from superanimal_jax.plotting import plot_training
-
-    paths['plot'] = plot_training(log.records(), out / 'training.png')
+        paths['model_best'] = out / 'model-best'
+        if primary:
+            export_model(paths['model_best'], sa, pose_config,
+                         {'params': parallel.local_copy(best_params), 'batch_stats': local_batch_stats}, task,
+                         {**metadata, 'best_step': best.best_step()})
     best.close()
+    if primary:
+        from superanimal_jax.plotting import plot_training
+
+        plot_training(log.records(), paths['plot'])
+    multihost_utils.sync_global_devices('superanimal_jax.train: done')
     return {'metrics': record, 'state': state, 'paths': paths, 'task': task, 'split': split}
 
 
@@ -608,7 +653,7 @@ def evaluate(project: str | Path | Project, model: str | Path, *, frames: str | 
     if pcutoff is None:
         pcutoff = project.config.get('pcutoff', 0.6)
         pcutoff = [float(p) for p in pcutoff] if isinstance(pcutoff, (list, tuple)) else float(pcutoff)
-    predict = make_predict_fn(loaded.pose.network)
+    predict = lambda variables, crops: loaded.pose.keypoints_uint8(crops)  # noqa: E731  Split over the devices.
     if single_animal is None:
         single_animal = not project.multi_animal
     options = dict(bbox_margin=bbox_margin, pcutoff=pcutoff, single_animal=single_animal, cache={})

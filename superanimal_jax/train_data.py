@@ -28,6 +28,12 @@ Batches have a fixed size: DeepLabCut's loader keeps the last, smaller batch of 
 (``drop_last=False``); we fill it with blank items whose weights are all 0, which adds nothing to
 the loss sum or to the count of non-zero weights, so loss and gradients are those of the smaller
 batch and one compiled step serves every batch.
+
+With several processes (multi-host training) each process prepares only its block of every
+global batch: process ``p`` of ``P`` makes rows ``p * B/P .. (p + 1) * B/P``; the blocks are
+joined into the global batch on the devices (:func:`superanimal_jax.parallel.global_batch`).
+Order and augmentation depend on global positions only, so the global batch is the same whatever
+the number of processes.
 """
 
 from __future__ import annotations
@@ -112,16 +118,23 @@ class DataConfig:
 class TrainData:
     """Deterministic, resumable batches of ``items`` (see the module docstring).
 
-    ``read_image(path) -> uint8 RGB``; frames are cached in memory once read.
+    ``read_image(path) -> uint8 RGB``; frames are cached in memory once read.  With
+    ``process_count > 1``, :meth:`batch` returns this process's rows of each global batch.
     """
 
     def __init__(self, items: list[Item], config: DataConfig = DataConfig(), *, seed: int = 42,
-                 read_image: Callable[[str], np.ndarray] = load_rgb):
+                 read_image: Callable[[str], np.ndarray] = load_rgb, process_index: int = 0,
+                 process_count: int = 1):
         if not items:
             raise ValueError('no training items: every frame of the training split is unlabelled')
         if config.batch_size < 1:
             raise ValueError(f'batch_size must be >= 1, got {config.batch_size}')
+        if config.batch_size % process_count:
+            raise ValueError(f'batch size {config.batch_size} does not split over {process_count} processes')
+        if not 0 <= process_index < process_count:
+            raise ValueError(f'process index {process_index} is not in 0..{process_count - 1}')
         self.items, self.config, self.seed = list(items), config, seed
+        self.process_index, self.process_count = process_index, process_count
         self._read_image = read_image
         self._frames: dict[str, np.ndarray] = {}
         self.num_keypoints = int(self.items[0].keypoints.shape[0])
@@ -155,18 +168,25 @@ class TrainData:
         return crop_item(image, keypoints, boxes[0], crop_size=self.config.crop_size,
                          margin=self.config.crop_margin)
 
+    @property
+    def local_batch_size(self) -> int:
+        return self.config.batch_size // self.process_count
+
     def batch(self, epoch: int, step: int, *, augment_items: bool = True) -> dict[str, np.ndarray]:
-        """Batch ``step`` (0-based, within the epoch) of ``epoch``, padded to the batch size."""
-        size = self.config.batch_size
-        positions = range(step * size, min((step + 1) * size, len(self.items)))
+        """Batch ``step`` (0-based, within the epoch) of ``epoch``, padded to the batch size (this
+        process's rows of it)."""
+        first = step * self.config.batch_size + self.process_index * self.local_batch_size
+        positions = range(first, min(first + self.local_batch_size, len(self.items)))
         order = self.order(epoch)
         samples = list(self._pool().map(
             lambda p: self.sample(int(order[p]), np.random.default_rng([self.seed, 1, epoch, p])
                                   if augment_items else None), positions))
-        return self.collate(samples)
+        return self.collate(samples, self.local_batch_size)
 
-    def collate(self, samples: list[dict]) -> dict[str, np.ndarray]:
-        size, (cw, ch), k = self.config.batch_size, self.config.crop_size, self.num_keypoints
+    def collate(self, samples: list[dict], size: int | None = None) -> dict[str, np.ndarray]:
+        """``size`` rows (default: the batch size): ``samples``, then blank items."""
+        size = self.config.batch_size if size is None else size
+        (cw, ch), k = self.config.crop_size, self.num_keypoints
         images = np.zeros((size, ch, cw, 3), np.float32)
         keypoints = np.zeros((size, k, 3))
         for i, s in enumerate(samples):
