@@ -102,9 +102,11 @@ def run_reference_script(script: str, out: Path, *args: str) -> None:
                    cwd=FIXTURES.parents[1], check=True)
 
 
-def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False) -> Path:
+def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False, bias_std: float = 0.0) -> Path:
     """A model directory holding the tiny HRNet with SuperAnimal's 27 keypoint names (random
-    weights): fast fine-tuning tests that exercise the whole code path."""
+    weights): fast fine-tuning tests that exercise the whole code path.  Biases are 0, or with
+    ``bias_std`` drawn from N(0, bias_std^2), as in a trained network (relative comparisons of
+    parameters then do not divide by the few steps' worth of updates a zero bias holds)."""
     import dataclasses
 
     import jax.numpy as jnp
@@ -120,6 +122,8 @@ def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False) -> Pa
         name = path[-1].key
         if name == 'kernel':
             return (rng.standard_normal(leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
+        if name == 'bias' and bias_std:
+            return (bias_std * rng.standard_normal(leaf.shape)).astype(np.float32)
         return np.full(leaf.shape, 1.0 if name in ('scale', 'var') else 0.0, np.float32)
 
     variables = jax.tree_util.tree_map_with_path(draw, shapes)

@@ -1,0 +1,166 @@
+"""One process of a multi-device test run (``tests/test_parallel.py`` starts it as a subprocess,
+since JAX's device count is fixed when JAX starts).
+
+    python tests/parallel_worker.py train --devices 8 --model DIR --out DIR [--with-one-device]
+        [--coordinator HOST:PORT --num-processes 2 --process-id 0] [--videos DIR]
+    python tests/parallel_worker.py infer --devices 8 --model DIR --out DIR
+    python tests/parallel_worker.py videos --devices 4 --model DIR --out DIR --videos DIR
+
+``train`` fine-tunes a tiny test model on the vendored openfield project (batch 8; see
+:func:`train_job`) and writes ``DIR/<run>-<process>.npz`` (final params, losses) and
+``DIR/report-<process>.json`` (shardings seen); with ``--videos`` each process then analyses
+its share of the videos there into ``DIR/videos``.  ``infer`` runs the
+pose network, the top-down pipeline and video analysis on every device and on one, and writes
+both results.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument('job', choices=('train', 'infer', 'videos'))
+    parser.add_argument('--devices', type=int, required=True)
+    parser.add_argument('--out', type=Path, required=True)
+    parser.add_argument('--model', type=Path, required=True)
+    parser.add_argument('--coordinator')
+    parser.add_argument('--num-processes', type=int)
+    parser.add_argument('--process-id', type=int)
+    parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--with-one-device', action='store_true')
+    parser.add_argument('--videos', type=Path)
+    args = parser.parse_args()
+    os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
+
+    import jax
+
+    jax.config.update('jax_default_matmul_precision', 'highest')
+    from superanimal_jax import parallel
+
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    sys.path.insert(0, str(HERE))
+    args.out.mkdir(parents=True, exist_ok=True)
+    {'train': train_job, 'infer': infer_job, 'videos': videos_job}[args.job](args)
+
+
+def summary(x) -> dict:
+    """What a test needs to see of an array's placement."""
+    return {'spec': str(x.sharding.spec), 'devices': len(x.sharding.device_set),
+            'shard_shapes': sorted({tuple(s.data.shape) for s in x.addressable_shards}),
+            'dtype': str(x.dtype)}
+
+
+def train_job(args) -> None:
+    """Run ``main``: 3 steps over every device.  With ``--with-one-device`` (one process) also
+    ``one``: the same on a single device, checkpointing every step, and ``resumed``: ``one``'s
+    run restarted from its step-2 checkpoint on every device."""
+    import dataclasses
+    import shutil
+
+    import jax
+    import numpy as np
+
+    import superanimal_jax
+    from superanimal_jax import parallel
+    from superanimal_jax.conversion import flatten
+    from superanimal_jax.train import TrainConfig, train
+    from superanimal_jax.train_data import DataConfig, Item, TrainData
+
+    from conftest import OPENFIELD_PROJECT
+
+    me = jax.process_index()
+    config = TrainConfig(batch_size=8, steps=args.steps, eval_interval=1000, log_interval=1, train_fraction=0.67,
+                         workers=1)
+    runs = [('main', parallel.global_mesh(), None)]
+    if args.with_one_device:
+        runs += [('one', parallel.data_mesh(jax.devices()[:1]), None), ('resumed', parallel.global_mesh(), 'one')]
+    report = {'process_count': jax.process_count(), 'device_count': jax.device_count()}
+    for name, mesh, resume_from in runs:
+        out = args.out / name
+        if resume_from is not None:  # The run killed after its step-2 checkpoint, on other devices.
+            shutil.copytree(args.out / resume_from, out)
+            shutil.rmtree(out / 'checkpoints' / str(args.steps))
+        losses = []
+        every_step = dataclasses.replace(config, save_interval_steps=1) if name == 'one' else config
+        result = train(OPENFIELD_PROJECT, args.model, out, every_step, progress=False, mesh=mesh,
+                       callbacks=[lambda step, m: losses.append(m['loss'])])
+        params = flatten(jax.tree_util.tree_map(np.asarray, parallel.local_copy(result['state']['params'])))
+        np.savez(args.out / f'{name}-{me}.npz', losses=np.asarray(losses), **params)
+        report[name] = {'mesh': mesh.size, 'params': summary(jax.tree_util.tree_leaves(result['state']['params'])[0]),
+                        'steps_run': len(losses)}
+    # A batch as train() feeds its step: this process's rows, joined and split over the mesh.
+    data = TrainData([Item('unused', np.zeros((4, 3)))], DataConfig(batch_size=8), process_index=me,
+                     process_count=jax.process_count())
+    report['local_batch_rows'] = data.local_batch_size
+    report['batch'] = summary(parallel.global_batch(data.collate([], data.local_batch_size),
+                                                    parallel.global_mesh())['image'])
+    (args.out / f'report-{me}.json').write_text(json.dumps(report))
+    if args.videos is not None:
+        analyze_share(args, superanimal_jax.load(args.model))
+
+
+def analyze_share(args, model) -> None:
+    """This process's share of the synthetic videos, through ``analyze_videos``."""
+    import jax
+
+    import fakes
+
+    from superanimal_jax.analyze import analyze_videos
+    from superanimal_jax.model import SuperAnimalModel
+
+    videos = sorted(args.videos.glob('*.avi'))
+    model = SuperAnimalModel(pose=model.pose, metadata=model.metadata, detector=fakes.ThresholdDetector())
+    (args.out / 'videos').mkdir(exist_ok=True)
+    done = analyze_videos(videos, model, args.out / 'videos', max_individuals=2, batch_size=8, progress=False)
+    (args.out / f'videos-{jax.process_index()}.json').write_text(json.dumps(sorted(v.name for v in done)))
+
+
+def videos_job(args) -> None:
+    """This process's share of the videos (all of them, without a distributed runtime)."""
+    import superanimal_jax
+
+    analyze_share(args, superanimal_jax.load(args.model))
+
+
+def infer_job(args) -> None:
+    import jax
+    import numpy as np
+
+    import superanimal_jax
+    from superanimal_jax import parallel
+    from superanimal_jax.analyze import analyze_video
+    from superanimal_jax.model import SuperAnimalModel
+
+    import fakes
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (29, 256, 256, 3), dtype=np.uint8)  # Padded to 32, the pipeline's chunk.
+    frames = np.stack([fakes.frame(i) for i in range(21)])
+    video = fakes.write_video(args.out / 'clip.avi', 21)
+    report, arrays = {}, {}
+    for name, mesh in (('all', parallel.local_mesh()), ('one', parallel.data_mesh(jax.local_devices()[:1]))):
+        loaded = superanimal_jax.load(args.model, mesh=mesh)
+        heatmaps = loaded.pose.heatmaps(superanimal_jax.normalize_crops(crops[:8]))
+        report[name] = {'heatmaps': summary(heatmaps), 'mesh': mesh.size,
+                        'params': summary(jax.tree_util.tree_leaves(loaded.pose.variables['params'])[0]),
+                        }
+        arrays[f'{name}/heatmaps'] = np.asarray(heatmaps.astype(np.float32))
+        arrays[f'{name}/keypoints'] = np.asarray(loaded.pose.keypoints_uint8(crops))
+        model = SuperAnimalModel(pose=loaded.pose, metadata=loaded.metadata, detector=fakes.ThresholdDetector())
+        for k, v in model.predict(frames, max_individuals=2, batch_size=6).items():  # 21 frames: padded.
+            arrays[f'{name}/predict/{k}'] = v
+        (args.out / name).mkdir()
+        paths = analyze_video(video, model, args.out / name, max_individuals=2, batch_size=8, progress=False)
+        report[name]['h5'] = str(paths['h5'])
+    np.savez(args.out / 'infer.npz', **arrays)
+    (args.out / 'infer.json').write_text(json.dumps(report))
+
+
+if __name__ == '__main__':
+    main()
