@@ -4,12 +4,15 @@ Run inside the reference environment (it has both stacks):
 
     .ref/bin/python benchmarks/detector_throughput.py                    # 640x480 openfield frames
     .ref/bin/python benchmarks/detector_throughput.py --batch-sizes 1 4 --repeats 5
+    python benchmarks/detector_throughput.py --batch-sizes 1 4 8 16 32 --dtypes float32 bfloat16   # GPU
 
 Both sides get the test suite's synthetic detector weights (BatchNorm calibrated, a realistic
 handful of detections) and the same uint8 RGB frames.  Each timed call is the whole detector
 stage from uint8 frames: DeepLabCut's Normalize + its detector forward (torchvision's transform,
 backbone, RPN, RoI heads, post-processing) vs our jitted ``Detector.detect``.  Calls alternate;
-medians over ``--repeats``; our first call (trace + compile) is reported separately.
+medians over ``--repeats``; our first call (trace + compile) is reported separately.  With
+``--dtypes float32 bfloat16`` ours runs at both compute dtypes (DeepLabCut's stays float32); the
+batch sizes are split over every local device.
 """
 
 from __future__ import annotations
@@ -45,12 +48,13 @@ def main() -> None:
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1])
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results')
+    parser.add_argument('--dtypes', nargs='+', default=['float32'], choices=['float32', 'bfloat16'])
     parser.add_argument('--tag', default='')
     args = parser.parse_args()
 
     state = synthetic_state()
     ignore, rules = detector_rules()
-    detector = Detector(convert_state_dict(state, rules, ignore, variables_shape())[0])
+    variables = convert_state_dict(state, rules, ignore, variables_shape())[0]
     try:
         import torch
         from _reference import superanimal_config
@@ -67,7 +71,8 @@ def main() -> None:
         openfield = golden['frames']  # Two 480x640 openfield frames.
 
     results = []
-    for batch in args.batch_sizes:
+    for dtype, batch in [(d, b) for d in args.dtypes for b in args.batch_sizes]:
+        detector = Detector(variables, dtype=dtype)
         frames = np.concatenate([openfield] * (batch // 2 + 1))[:batch]
         compile_s = timed(lambda: jax.block_until_ready(detector.detect(frames)))
         theirs = None
@@ -79,11 +84,12 @@ def main() -> None:
 
             theirs()  # Warm-up.
         jax.block_until_ready(detector.detect(frames))
-        row = {'batch': batch, 'frame': list(frames.shape[1:3]), 'compile_s': compile_s,
+        row = {'batch': batch, 'dtype': dtype, 'devices': detector.mesh.size, 'frame': list(frames.shape[1:3]),
+               'compile_s': compile_s,
                **side_by_side(lambda: jax.block_until_ready(detector.detect(frames)), theirs,
                               args.repeats, batch, 'frames')}
         results.append(row)
-        print(f'batch {batch} at {frames.shape[2]}x{frames.shape[1]}: {describe(row, "frames")} '
+        print(f'{dtype} batch {batch} at {frames.shape[2]}x{frames.shape[1]}: {describe(row, "frames")} '
               f'(compile {compile_s:.1f} s)', flush=True)
     write_report('detector_throughput', results, args.out, args.tag)
 
