@@ -289,3 +289,17 @@ def test_inference_refuses_a_mesh_with_other_processes_devices():
     mesh = types.SimpleNamespace(devices=np.asarray([Foreign()]))
     with pytest.raises(ValueError, match='other processes'):
         parallel.check_local(mesh)
+
+
+def test_cli_scaling_options(tmp_path, capsys):
+    from superanimal_jax import cli
+
+    common = ['--project', str(tmp_path), '--model', str(tmp_path), '--out', str(tmp_path / 'run')]
+    assert cli.main(['train', *common, '--coordinator', 'host0:1234']) == 2
+    assert 'also give the number of processes' in capsys.readouterr().err
+    assert cli.main(['train', *common, '--num-processes', '2', '--process-id', '1']) == 2
+    assert 'needs a coordinator' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(['train', *common, '--dtype', 'float16'])
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
+    assert not (tmp_path / 'run').exists()
