@@ -5,6 +5,7 @@ since JAX's device count is fixed when JAX starts).
         [--coordinator HOST:PORT --num-processes 2 --process-id 0] [--videos DIR]
     python tests/parallel_worker.py infer --devices 8 --model DIR --out DIR
     python tests/parallel_worker.py videos --devices 4 --model DIR --out DIR --videos DIR
+    python tests/parallel_worker.py detector --devices 8 --out DIR
 
 ``train`` fine-tunes a tiny test model on the vendored openfield project (batch 8; see
 :func:`train_job`) and writes ``DIR/<run>-<process>.npz`` (final params, losses) and
@@ -25,10 +26,10 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('job', choices=('train', 'infer', 'videos'))
+    parser.add_argument('job', choices=('train', 'infer', 'videos', 'detector'))
     parser.add_argument('--devices', type=int, required=True)
     parser.add_argument('--out', type=Path, required=True)
-    parser.add_argument('--model', type=Path, required=True)
+    parser.add_argument('--model', type=Path)
     parser.add_argument('--coordinator')
     parser.add_argument('--num-processes', type=int)
     parser.add_argument('--process-id', type=int)
@@ -46,7 +47,7 @@ def main() -> None:
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     sys.path.insert(0, str(HERE))
     args.out.mkdir(parents=True, exist_ok=True)
-    {'train': train_job, 'infer': infer_job, 'videos': videos_job}[args.job](args)
+    {'train': train_job, 'infer': infer_job, 'videos': videos_job, 'detector': detector_job}[args.job](args)
 
 
 def summary(x) -> dict:
@@ -126,6 +127,31 @@ def videos_job(args) -> None:
     import superanimal_jax
 
     analyze_share(args, superanimal_jax.load(args.model))
+
+
+def detector_job(args) -> None:
+    """The real detector (the suite's synthetic weights) on 8 frames, on every device and on one."""
+    import jax
+    import numpy as np
+
+    from superanimal_jax import parallel, synthetic
+    from superanimal_jax.conversion import convert_state_dict
+    from superanimal_jax.converter import detector_rules
+    from superanimal_jax.detector import Detector, variables_shape
+
+    import fakes
+
+    ignore, rules = detector_rules()
+    variables = convert_state_dict(synthetic.fixture_state(HERE / 'fixtures', 'detector'), rules, ignore,
+                                   variables_shape(), source='detector')[0]
+    frames = np.stack([fakes.frame(i, (60, 80)) for i in range(8)])
+    report, arrays = {}, {}
+    for name, mesh in (('all', parallel.local_mesh()), ('one', parallel.data_mesh(jax.local_devices()[:1]))):
+        found = Detector(variables, mesh=mesh).detect(frames, max_detections=10)
+        report[name] = {k: summary(v) for k, v in found.items()}
+        arrays.update({f'{name}/{k}': np.asarray(v) for k, v in found.items()})
+    np.savez(args.out / 'detector.npz', **arrays)
+    (args.out / 'detector.json').write_text(json.dumps(report))
 
 
 def infer_job(args) -> None:

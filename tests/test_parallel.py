@@ -80,15 +80,44 @@ def videos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='module')
-def eight_devices(model, videos, tmp_path_factory) -> Path:
-    """One process, 8 devices: 3 steps on all 8 and on one, and a 1-device run resumed on 8."""
-    out = tmp_path_factory.mktemp('eight')
-    worker('train', '--devices', '8', '--model', str(model), '--out', str(out), '--with-one-device')
+def runs(model, videos, tmp_path_factory) -> dict[str, Path]:
+    """Every multi-device run, started together (their compilations overlap on the cores):
+
+    * ``infer``: one process, 8 devices: inference on all 8 and on one;
+    * ``eight``: one process, 8 devices: 3 steps on all 8 and on one, and the 1-device run
+      resumed on 8 from its step-2 checkpoint;
+    * ``two``: 2 processes x 4 devices (gloo on localhost): the same 3 steps, then each process
+      analyses its share of the videos;
+    * ``single``: one host like each of those (4 devices) analysing every video.  (XLA:CPU's
+      arithmetic depends, in the last bits, on how many host devices a process has: the video
+      comparison is between hosts alike, as the hosts of one job are.)
+    """
+    out = {name: tmp_path_factory.mktemp(name) for name in ('infer', 'eight', 'two', 'single')}
+    m = ['--model', str(model)]
+    two = ['train', '--devices', '4', *m, '--out', str(out['two']), '--videos', str(videos),
+           '--coordinator', f'localhost:{free_port()}', '--num-processes', '2']
+    commands = [['infer', '--devices', '8', *m, '--out', str(out['infer'])],
+                ['train', '--devices', '8', *m, '--out', str(out['eight']), '--with-one-device'],
+                [*two, '--process-id', '1'], [*two, '--process-id', '0'],
+                ['videos', '--devices', '4', *m, '--out', str(out['single']), '--videos', str(videos)]]
+    procs = [worker(*c, wait=False) for c in commands]
+    try:
+        outputs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for c, p, output in zip(commands, procs, outputs):
+        assert p.returncode == 0, f'{" ".join(c)}:\n{output[-6000:]}'
     return out
 
 
-def test_inference_on_8_devices_matches_1_device(model, tmp_path):
-    worker('infer', '--devices', '8', '--model', str(model), '--out', str(tmp_path))
+@pytest.fixture(scope='module')
+def eight_devices(runs) -> Path:
+    return runs['eight']
+
+
+def test_inference_on_8_devices_matches_1_device(runs):
+    tmp_path = runs['infer']
     report = json.loads((tmp_path / 'infer.json').read_text())
     # The batch of 8 crops was split: one crop per device; the weights are on all 8.
     assert report['all']['mesh'] == 8 and report['one']['mesh'] == 1
@@ -106,6 +135,20 @@ def test_inference_on_8_devices_matches_1_device(model, tmp_path):
         assert (found['all/predict/box_scores'] > 0).sum() > 10  # The fake detector found boxes.
     h5 = [Path(report[name]['h5']).read_bytes() for name in ('all', 'one')]
     assert h5[0] == h5[1]
+
+
+@pytest.mark.slow
+def test_detector_on_8_devices_matches_1_device(tmp_path):
+    """The real detector network and post-processing, frames split over 8 devices (about 3 min
+    on 2 cores: opt-in, ``pytest -m slow``)."""
+    worker('detector', '--devices', '8', '--out', str(tmp_path))
+    report = json.loads((tmp_path / 'detector.json').read_text())
+    assert report['all']['boxes'] == {'spec': "P('data',)", 'devices': 8, 'shard_shapes': [[1, 10, 4]],
+                                      'dtype': 'float32'}
+    with np.load(tmp_path / 'detector.npz') as found:
+        assert found['all/valid'].sum() > 8  # The synthetic weights make detections.
+        for name in ('boxes', 'scores', 'valid'):
+            np.testing.assert_array_equal(found[f'all/{name}'], found[f'one/{name}'], err_msg=name)
 
 
 def test_training_on_8_devices_matches_1_device(eight_devices):
@@ -131,23 +174,8 @@ def test_checkpoint_restores_on_another_device_count(eight_devices):
     assert worst < 1e-6, worst
 
 
-def test_two_processes_of_4_devices_match_one_process_of_8(model, videos, eight_devices, tmp_path):
-    port = free_port()
-    common = ['train', '--devices', '4', '--model', str(model), '--out', str(tmp_path), '--videos', str(videos),
-              '--coordinator', f'localhost:{port}', '--num-processes', '2']
-    procs = [worker(*common, '--process-id', str(i), wait=False) for i in (1, 0)]
-    # A single host like each of the two (4 devices) analysing every video.  (XLA:CPU's
-    # arithmetic depends on how many host devices a process has, in the last bits: the
-    # comparison is between hosts alike, as real hosts of one job are.)
-    procs.append(worker('videos', '--devices', '4', '--model', str(model), '--out', str(tmp_path / 'single'),
-                        '--videos', str(videos), wait=False))
-    try:
-        outputs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, output in zip(procs, outputs):
-        assert p.returncode == 0, output[-6000:]
+def test_two_processes_of_4_devices_match_one_process_of_8(runs, eight_devices):
+    tmp_path = runs['two']
     for i in (0, 1):
         report = json.loads((tmp_path / f'report-{i}.json').read_text())
         assert report['process_count'] == 2 and report['device_count'] == 8
@@ -159,7 +187,7 @@ def test_two_processes_of_4_devices_match_one_process_of_8(model, videos, eight_
     assert identical == leaves
     worst, _, _ = compare_params(tmp_path / 'main-0.npz', eight_devices / 'main-0.npz')
     assert worst < 1e-6, worst
-    # Process 0 wrote the run's files; the checkpoints hold every step.
+    # Process 0 wrote the run's files; orbax wrote the final checkpoint from both.
     assert (tmp_path / 'main' / 'model' / 'metadata.json').is_file()
     assert sorted(p.name for p in (tmp_path / 'main' / 'checkpoints').iterdir() if p.name.isdigit()) == ['3']
     # The videos were shared out (process 0: clips 0 and 2, process 1: clip 1), and each result
@@ -167,9 +195,9 @@ def test_two_processes_of_4_devices_match_one_process_of_8(model, videos, eight_
     shares = [json.loads((tmp_path / f'videos-{i}.json').read_text()) for i in (0, 1)]
     assert shares == [['clip0.avi', 'clip2.avi'], ['clip1.avi']]
     ours = sorted(p.name for p in (tmp_path / 'videos').iterdir())
-    assert ours == sorted(p.name for p in (tmp_path / 'single' / 'videos').iterdir()) and len(ours) == 6
+    assert ours == sorted(p.name for p in (runs['single'] / 'videos').iterdir()) and len(ours) == 6
     for name in ours:  # Results (h5) and DeepLabCut's json, each as the single host wrote them.
-        assert (tmp_path / 'videos' / name).read_bytes() == (tmp_path / 'single' / 'videos' / name).read_bytes(), name
+        assert (tmp_path / 'videos' / name).read_bytes() == (runs['single'] / 'videos' / name).read_bytes(), name
 
 
 # ----------------------------------------------------------------------------- In this process
