@@ -122,13 +122,7 @@ class Detector:
         return self._run(self._classify, roi_features)
 
     def _run(self, fn, batch, **options):
-        """``fn(variables, batch)`` with the batch padded to the mesh and split across it."""
-        n = np.shape(batch)[0]
-        size = parallel.padded_size(n, self.mesh)
-        if size != n:
-            batch = parallel.pad_batch(jax.device_get(batch), size)
-        out = fn(self.variables, parallel.put_batch(batch, self.mesh), **options)
-        return out if size == n else jax.tree_util.tree_map(lambda x: x[:n], out)
+        return parallel.run_split(fn, self.variables, batch, self.mesh, **options)
 
     def detect(self, frames, max_detections: int = 100, *, with_taps: bool = False) -> dict:
         """``{'boxes': (N, K, 4) xyxy frame pixels, 'scores': (N, K), 'valid': (N, K)}``, sorted by

@@ -55,13 +55,7 @@ class PoseEstimator:
         return crops
 
     def _run(self, fn, crops):
-        """``fn(variables, crops)`` with the batch padded to the mesh and split across it."""
-        n = np.shape(crops)[0]
-        size = parallel.padded_size(n, self.mesh)
-        if size != n:
-            crops = parallel.pad_batch(jax.device_get(crops), size)
-        out = fn(self.variables, parallel.put_batch(crops, self.mesh))
-        return out if size == n else jax.tree_util.tree_map(lambda x: x[:n], out)
+        return parallel.run_split(fn, self.variables, crops, self.mesh)
 
     def heatmaps(self, crops) -> jax.Array:
         """Raw heatmaps ``(N, H/4, W/4, K)``, in the compute dtype."""

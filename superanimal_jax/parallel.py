@@ -9,7 +9,7 @@ Everything that runs on more than one device goes through this module:
   averaged over all of them.
 * Batches are split along their first axis, ``NamedSharding(mesh, P('data'))``
   (:func:`batch_sharding`); weights are replicated (:func:`replicated`).  A batch whose size is
-  not a multiple of the device count is padded (:func:`pad_batch`) so that one compiled program
+  not a multiple of the device count is padded (:func:`run_split`) so that one compiled program
   serves every batch.
 * Global training batches are assembled from each process's rows with
   ``jax.make_array_from_process_local_data`` (:func:`global_batch`).
@@ -103,6 +103,17 @@ def put_batch(x, mesh: Mesh) -> jax.Array:
     if np.shape(x)[0] % mesh.size:
         raise ValueError(f'a batch of {np.shape(x)[0]} does not split over {mesh.size} devices; pad it first')
     return jax.device_put(x, batch_sharding(mesh))
+
+
+def run_split(fn, variables, batch, mesh: Mesh, **options):
+    """``fn(variables, batch, **options)`` with ``batch`` padded to a multiple of the mesh's
+    device count and split across it; the padding rows' outputs are dropped."""
+    n = np.shape(batch)[0]
+    size = padded_size(n, mesh)
+    if size != n:
+        batch = pad_batch(jax.device_get(batch), size)
+    out = fn(variables, put_batch(batch, mesh), **options)
+    return out if size == n else jax.tree_util.tree_map(lambda x: x[:n], out)
 
 
 def put_replicated(tree, mesh: Mesh):
