@@ -499,10 +499,12 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
     local_batch_stats = parallel.local_copy(batch_stats)
 
     save_every = config.save_interval_steps or config.save_interval * data.steps_per_epoch
+    # Both managers save at a step that is an evaluation and a checkpoint; their cross-process
+    # barriers are named by step, so each gets its own prefix (else the second collides with the first).
     latest = ocp.CheckpointManager(out / 'checkpoints', options=ocp.CheckpointManagerOptions(
-        max_to_keep=config.keep_checkpoints, save_interval_steps=1))
+        max_to_keep=config.keep_checkpoints, save_interval_steps=1, multiprocessing_options=_barriers('latest')))
     best = ocp.CheckpointManager(out / 'best', options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, best_fn=lambda m: m['test.mAP'], best_mode='max'))
+        max_to_keep=1, best_fn=lambda m: m['test.mAP'], best_mode='max', multiprocessing_options=_barriers('best')))
     data_state = None
     if latest.latest_step() is not None:
         restored = latest.restore(latest.latest_step(), args=ocp.args.Composite(
@@ -576,7 +578,8 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
     if primary:
         export_model(paths['model'], sa, pose_config, final, task, metadata)
     best = ocp.CheckpointManager(out / 'best', options=ocp.CheckpointManagerOptions(
-        max_to_keep=1, best_fn=lambda m: m['test.mAP'], best_mode='max', read_only=True))
+        max_to_keep=1, best_fn=lambda m: m['test.mAP'], best_mode='max', read_only=True,
+        multiprocessing_options=_barriers('best')))
     if split.test and best.best_step() is not None:  # Every process restores (orbax syncs them).
         best_params = best.restore(best.best_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore(
             jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state['params']))))['params']
@@ -592,6 +595,10 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
         plot_training(log.records(), paths['plot'])
     multihost_utils.sync_global_devices('superanimal_jax.train: done')
     return {'metrics': record, 'state': state, 'paths': paths, 'task': task, 'split': split}
+
+
+def _barriers(name: str) -> ocp.options.MultiprocessingOptions:
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f'superanimal_jax.{name}')
 
 
 def _check_and_log(previous, log: _Log, interval: int, total: int, bar, callbacks) -> None:
