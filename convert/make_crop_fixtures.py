@@ -5,14 +5,15 @@
 For a set of float32 COCO boxes on a real openfield frame (random boxes, boxes on the frame's
 edges and beyond them, slivers, and boxes whose corners fall exactly on .5 so that rounding half
 to even matters) records what DeepLabCut returns: the offsets, the scales and a sha256 of each
-256x256 uint8 crop, plus the crops of the first few boxes in full (``crops_golden.npz``).
-Takes a few seconds.
+256x256 uint8 crop, plus the crops of the first few boxes in full (``crops_golden.npz``), and
+the versions it ran with (``versions``, JSON).  Takes a few seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 
 import cv2
 import numpy as np
@@ -38,6 +39,7 @@ def boxes(height: int, width: int) -> np.ndarray:
 
 
 def main() -> None:
+    import deeplabcut
     from deeplabcut.pose_estimation_pytorch.data.image import top_down_crop
 
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -55,7 +57,9 @@ def main() -> None:
             full.append(crop)
     np.savez_compressed(f'{args.out}/crops_golden.npz', frame=frame, boxes=b,
                         offsets=np.array(offsets, np.int64), scales=np.array(scales, np.float64),
-                        sha256=np.array(digests), crops=np.stack(full))
+                        sha256=np.array(digests), crops=np.stack(full),
+                        versions=np.str_(json.dumps({'deeplabcut': deeplabcut.__version__, 'opencv': cv2.__version__,
+                                                     'numpy': np.__version__})))
 
 
 if __name__ == '__main__':

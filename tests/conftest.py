@@ -28,6 +28,56 @@ jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
+# -- Which versions the goldens were made with ------------------------------------------------
+# A test module that compares against goldens names the files recording their versions in a
+# module-level ``GOLDENS`` tuple; when one of its tests fails, the report says what each golden
+# was made with and what runs here (a moved pin is then visible at once; README, "Goldens").
+PACKAGES = {'opencv': 'opencv-python-headless', 'scikit-image': 'scikit-image'}  # Name -> distribution.
+
+
+def golden_versions(name: str) -> dict[str, str]:
+    """The tool versions recorded in a golden file (``*.json``: ``versions``; ``*.npz``:
+    ``versions``, ``meta`` with ``versions``, or ``meta/<tool>`` entries)."""
+    path = FIXTURES / name
+    if path.suffix == '.json':
+        return json.loads(path.read_text()).get('versions', {})
+    with np.load(path) as golden:
+        if 'versions' in golden.files:
+            return json.loads(str(golden['versions']))
+        if 'meta' in golden.files:
+            return json.loads(str(golden['meta'])).get('versions', {})
+        return {k[5:]: str(golden[k]) for k in golden.files if k.startswith('meta/') and '_' not in k[5:]}
+
+
+def running_version(tool: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(PACKAGES.get(tool, tool))
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions_note(goldens) -> str:
+    lines = []
+    for name in goldens:
+        for tool, made in golden_versions(name).items():
+            running = running_version(tool)
+            same = running is not None and (running == made or running.startswith(made + '.'))
+            state = 'not installed here' if running is None else f'running {running}' + ('' if same else ' (differs)')
+            lines.append(f'{name}: made with {tool} {made}, {state}')
+    return '\n'.join(lines)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    goldens = getattr(item.module, 'GOLDENS', ())
+    if report.failed and goldens:
+        report.sections.append(('golden versions (regenerate goldens: README, "Goldens")', versions_note(goldens)))
+
+
 @pytest.fixture(scope='session')
 def pose_manifest() -> dict:
     return json.loads((FIXTURES / 'pose_manifest.json').read_text())

@@ -10,6 +10,8 @@ import pytest
 
 from superanimal_jax import anchors as A
 
+GOLDENS = ('detector_box_ops.npz',)  # Files recording the versions the goldens were made with (conftest).
+
 GOLDEN = Path(__file__).parent / 'fixtures' / 'detector_box_ops.npz'
 PADDED = {'800x1088': (800, 1088), '768x1344': (768, 1344)}
 

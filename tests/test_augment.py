@@ -26,6 +26,8 @@ from superanimal_jax import augment as aug
 from superanimal_jax.pose import normalize_crops
 from conftest import run_reference_script
 
+GOLDENS = ('augment_golden.npz',)  # Files recording the versions the goldens were made with (conftest).
+
 FIXTURES = Path(__file__).parent / 'fixtures'
 
 

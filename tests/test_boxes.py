@@ -12,6 +12,8 @@ import pytest
 
 from superanimal_jax import boxes as B
 
+GOLDENS = ('detector_box_ops.npz',)  # Files recording the versions the goldens were made with (conftest).
+
 GOLDEN = Path(__file__).parent / 'fixtures' / 'detector_box_ops.npz'
 # XLA's float32 exp is within 1 ulp of torch's; a decoded coordinate then moves by at most this
 # many ulp of the largest coordinate of its box (pcx +- 0.5 * pw can cancel, so ulps of the

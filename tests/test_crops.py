@@ -9,6 +9,8 @@ import pytest
 from conftest import FIXTURES
 from superanimal_jax import crops
 
+GOLDENS = ('crops_golden.npz',)  # Files recording the versions the goldens were made with (conftest).
+
 
 @pytest.fixture(scope='module')
 def golden():

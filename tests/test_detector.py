@@ -17,6 +17,8 @@ from superanimal_jax import roi_align, synthetic
 from superanimal_jax.boxes import pairwise_iou
 from superanimal_jax.detector import Detector
 
+GOLDENS = ('detector_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
+
 LIMIT = 1e-4
 CASES = ['0', '1', '720x1280', '1024x1024']  # Openfield frames 0 and 1, and resized.
 

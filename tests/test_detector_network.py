@@ -13,6 +13,8 @@ from superanimal_jax.conversion import ConversionError, convert_state_dict, flat
 from superanimal_jax.converter import detector_rules
 from superanimal_jax.detector import DetectorNetwork, variables_shape
 
+GOLDENS = ('detector_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
+
 LIMIT = 1e-4  # Relative max-abs error, per tap.
 
 

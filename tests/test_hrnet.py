@@ -12,6 +12,8 @@ from superanimal_jax.converter import pose_rules
 from superanimal_jax.model import PoseEstimator
 from superanimal_jax.pose import POSE_VARIANTS, PoseNetwork, decode_heatmaps, variables_shape
 
+GOLDENS = ('pose_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
+
 
 def test_w32_variables_match_the_reference_keys_not_ignored(pose_manifest):
     """Every reference tensor not on the ignore list has a variable of its size, and back."""

@@ -11,6 +11,8 @@ import pytest
 
 from superanimal_jax.nms import batched_nms, float32_threshold, nms
 
+GOLDENS = ('detector_box_ops.npz',)  # Files recording the versions the goldens were made with (conftest).
+
 GOLDEN = Path(__file__).parent / 'fixtures' / 'detector_box_ops.npz'
 with np.load(GOLDEN) as _data:
     NMS_CASES = sorted(k for k in _data.files if k.startswith('nms/') and '/keep_' in k)

@@ -20,6 +20,8 @@ import superanimal_jax
 from conftest import FIXTURES
 from pose_parity import check_float64, check_keypoints, check_taps, golden_inputs
 
+GOLDENS = ('pose_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
+
 
 @pytest.fixture(scope='module')
 def pose(pose_model_dir):

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from conftest import FIXTURES
 from superanimal_jax import resize
 
+GOLDENS = ('detector_resize.npz',)  # Files recording the versions the goldens were made with (conftest).
+
 # Frame sizes the spec (detector_and_pipeline.md, section 2.1) lists, for torchvision >= 0.16.
 SPEC_SIZES = {(480, 640): (800, 1066), (600, 800): (800, 1066), (720, 1280): (749, 1333),
               (1080, 1920): (749, 1333), (2160, 3840): (749, 1333), (1024, 1024): (800, 800),

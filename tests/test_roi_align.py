@@ -15,6 +15,8 @@ import pytest
 from conftest import FIXTURES
 from superanimal_jax import roi_align as ra
 
+GOLDENS = ('detector_roi_align.npz',)  # Files recording the versions the goldens were made with (conftest).
+
 ALIGN_CASES = ('s4', 's8', 's16', 's32', 's0.3', 'p5x3_n3')
 
 

@@ -36,6 +36,8 @@ from superanimal_jax.train_data import DataConfig, TrainData
 
 from conftest import FIXTURES, OPENFIELD_PROJECT
 
+GOLDENS = ('train_step_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
+
 INVERSE = {conv_kernel: (3, 2, 0, 1), transposed_conv_1x1_kernel: (2, 3, 0, 1)}  # Ours -> torch layout.
 
 
