@@ -126,9 +126,11 @@ def small_box_mask(boxes, min_size):
 
 
 def area(boxes):
-    """torchvision ``box_area``: ``(x2 - x1) * (y2 - y1)``."""
+    """torchvision ``box_area``: ``(x2 - x1) * (y2 - y1)``, rounded (:func:`rounded`): areas are
+    summed next, and whether XLA would fuse that sum with this product into an FMA depends on the
+    CPU (seen on AVX2, not on AVX-512), so the rounding is made explicit."""
     boxes = jnp.asarray(boxes)
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return rounded((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]))
 
 
 def intersection_over_union(a, b, area_a, area_b):

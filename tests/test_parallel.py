@@ -129,6 +129,11 @@ def test_inference_on_8_devices_matches_1_device(runs):
         names = sorted(k[len('all/'):] for k in found.files if k.startswith('all/'))
         assert {'heatmaps', 'keypoints', 'predict/keypoints', 'predict/boxes', 'predict/box_scores'} <= set(names)
         for name in names:
+            if name == 'heatmaps':  # Float32 rounding: XLA:CPU picks its convolution kernels by the
+                # per-device batch (1 vs 8), and on some CPUs (AVX2; not AVX-512) they round apart.
+                scale = np.abs(found['one/heatmaps']).max()
+                np.testing.assert_allclose(found['all/heatmaps'], found['one/heatmaps'], rtol=0, atol=1e-6 * scale)
+                continue
             np.testing.assert_array_equal(found[f'all/{name}'], found[f'one/{name}'], err_msg=name)
         assert found['all/keypoints'].shape == (29, 27, 3)  # 29 crops, padded to 32 on the devices.
         assert found['all/predict/keypoints'].shape == (21, 2, 27, 3)
