@@ -6,7 +6,7 @@
 What it does, all with DeepLabCut's own code (PoseModel, top_down_crop, build_transforms,
 the HeatmapPredictor) and timm's:
 1. Builds the SuperAnimal-TopViewMouse hrnet_w32 PoseModel and records its key manifest (plus
-   timm's classification-head keys, which the seed's pose_model.pth also carries).
+   timm's downsamp_modules/final_layer/classifier keys, which the seed's pose_model.pth carries).
 2. Fills it with :mod:`superanimal_jax.synthetic` weights, calibrates every BatchNorm's running
    statistics on real openfield crops (one train-mode pass) and scales the head so heatmap
    maxima spread over [0, 1]; saves the calibrated statistics and the head gain.
@@ -52,8 +52,7 @@ def build_models():
     model.eval()
     classifier = {f'backbone.model.{k}': v for k, v in
                   timm.create_model('hrnet_w32', pretrained=False).state_dict().items()
-                  if k.split('.')[0] in ('incre_modules', 'downsamp_modules', 'final_layer',
-                                         'classifier')}
+                  if k.split('.')[0] in synthetic.SEED_TIMM_HEAD}
     return cfg, model, classifier
 
 
@@ -147,8 +146,6 @@ def main() -> None:
         paths = synthetic.write_pose_checkpoints(state, args.checkpoints or tmp, seed_extra=extra)
         snapshot = torch.load(paths['dlc3'], map_location='cpu', weights_only=True)
         model.load_state_dict(snapshot['model'], strict=True)  # As DeepLabCut's runner loads it.
-        seed_keys = list(torch.load(paths['seed'], map_location='cpu', weights_only=True)
-                         ['model_state_dict'])
     model.eval()
 
     frames = FULL_FRAMES if args.full else GOLDEN_FRAMES
@@ -183,7 +180,7 @@ def main() -> None:
         'versions': {'deeplabcut': deeplabcut.__version__, 'timm': timm.__version__,
                      'torch': torch.__version__, 'numpy': np.__version__},
         'seed': SEED, 'head_gain': head_gain, 'subsample': SUBSAMPLE,
-        'manifest': manifest, 'seed_extra_manifest': extra_manifest, 'seed_keys': seed_keys,
+        'manifest': manifest, 'seed_extra_manifest': extra_manifest,
         'state_sha256': hashlib.sha256(b''.join(v.tobytes() for v in state.values())).hexdigest(),
         'normalised_sha256': {f'crop{i}': hashlib.sha256(golden_inputs[j].tobytes()).hexdigest()
                               for j, i in enumerate(frames)},

@@ -5,8 +5,17 @@ detector: the seed's ``detector.pt`` (``model_state_dict``), DeepLabCut 3 snapsh
 ``superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt`` (``model``) or a bare state dict, 404
 keys under ``model.``.  Pose files:
 
-* the seed's ``pose_model.pth``: ``{'model_state_dict': ...}`` with the legacy head name
-  ``heads.bodypart.heatmap_head.model.0`` and timm's classification-head tensors;
+* the seed's ``pose_model.pth``: ``{'model_state_dict': ...}`` holding DeepLabCut 3's backbone
+  keys, the head as one ``ConvTranspose2d`` named ``heads.bodypart.heatmap_head.model``
+  (``.weight`` / ``.bias``, no ``.0``) and timm's ``downsamp_modules``, ``final_layer`` and
+  ``classifier`` tensors (no ``incre_modules``).  Evidence: DeepLabCut's own loader for these
+  files, ``_parse_model_snapshot`` in ``deeplabcut/pose_estimation_pytorch/modelzoo/utils.py``
+  (in the parent of commit ffcd2908c, "SuperAnimal Model Updates #2756"), drops exactly those
+  three timm prefixes and renames a key whose first four parts are
+  ``heads.bodypart.heatmap_head.model`` by putting ``deconv_layers.0`` in the fourth part, then
+  loads the result strictly: a ``model.0.weight`` key would become ``deconv_layers.0.0.weight``
+  and fail that load.  Other entries beside the weights (an optimizer state, an epoch, metadata,
+  as older DeepLabCut 3 snapshots hold) are not loaded; the model directory's metadata lists them;
 * DeepLabCut 3 snapshots such as ``superanimal_topviewmouse_hrnet_w32.pt``:
   ``{'model': ..., 'metadata': ...}``;
 * a bare state dict.
@@ -33,7 +42,8 @@ from superanimal_jax.torch_file import read_checkpoint
 # index 1 its BatchNorm (``downsample.0``, ``transition1.0.1``, ``fpn.inner_blocks.2.1`` ...).
 _CONV = r'(?P<m>(?:.+\.)?conv\d|.+\.0)'
 _BN = r'(?P<m>(?:.+\.)?bn\d|.+\.1)'
-_HEAD = r'heads\.bodypart\.heatmap_head\.(?:deconv_layers|model)\.0'  # DLC 3 name | legacy name
+# DeepLabCut 3's name | the seed file's name (``_parse_model_snapshot``'s rename, module docstring).
+_HEAD = r'heads\.bodypart\.heatmap_head\.(?:deconv_layers\.0|model)'
 _BN_COUNTER = Ignore(r'.+\.num_batches_tracked',
                      'BatchNorm update counter; statistics are frozen, so it is never used')
 
@@ -58,8 +68,9 @@ def pose_rules(config: PoseConfig) -> tuple[list[Ignore], list[Rule]]:
         Ignore(rf'backbone\.model\.stage{last_stage}\.{last_module}\.fuse_layers\.[1-9]\d*\..+',
                'fuse outputs 1+ of the last HRNet module: timm computes them, DeepLabCut keeps '
                'only branch 0, so they affect no output and get no gradient'),
-        Ignore(r'backbone\.model\.(?:incre_modules|downsamp_modules|final_layer|classifier)\..+',
-               "timm's classification head, dropped by DeepLabCut's features-only HRNet"),
+        Ignore(r'backbone\.model\.(?:downsamp_modules|final_layer|classifier)\..+',
+               "timm's classification head in the seed's pose_model.pth, dropped by DeepLabCut "
+               "(_parse_model_snapshot) and unused by its features-only HRNet"),
     ]
     rules = conv_bn_rules(r'backbone\.model\.', 'backbone/') + [
         Rule(rf'{_HEAD}\.weight', 'params/head/deconv/kernel', transposed_conv_1x1_kernel),
@@ -87,21 +98,46 @@ def detector_rules() -> tuple[list[Ignore], list[Rule]]:
     return [_BN_COUNTER], rules
 
 
-def extract_state_dict(obj, source: str) -> tuple[dict[str, np.ndarray], str]:
-    """Find the weights inside a loaded checkpoint; returns them and the format's name."""
+def extract_state_dict(obj, source: str) -> tuple[dict[str, np.ndarray], str, dict]:
+    """Find the weights inside a loaded checkpoint.
+
+    Returns the weights, the format's name and a JSON-able summary of every other top-level entry
+    (an optimizer state, an epoch, metadata), which is not loaded.
+    """
     if isinstance(obj, dict) and 'model_state_dict' in obj:
-        state, fmt = obj['model_state_dict'], 'seed (model_state_dict)'
+        entry, fmt = 'model_state_dict', 'seed (model_state_dict)'
     elif isinstance(obj, dict) and 'model' in obj:
-        state, fmt = obj['model'], 'DeepLabCut 3 snapshot (model)'
+        entry, fmt = 'model', 'DeepLabCut 3 snapshot (model)'
     elif isinstance(obj, dict) and obj and all(isinstance(v, np.ndarray) for v in obj.values()):
-        state, fmt = obj, 'bare state dict'
+        entry, fmt = None, 'bare state dict'
     else:
         keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         raise ConversionError(f"{source}: no weights found: expected a state dict or a dict with "
                               f"'model' or 'model_state_dict', got {keys}")
+    state = obj if entry is None else obj[entry]
     if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
         raise ConversionError(f'{source}: the {fmt} entry is not a mapping of tensors')
-    return dict(state), fmt
+    others = {} if entry is None else {str(k): describe(v) for k, v in obj.items() if k != entry}
+    return dict(state), fmt, others
+
+
+def describe(value, depth: int = 4):
+    """A short JSON-able account of a checkpoint entry: scalars as they are, tensors by shape and
+    dtype, containers by their contents down to ``depth`` levels (long ones by their length)."""
+    if isinstance(value, np.ndarray):
+        return {'tensor': list(value.shape), 'dtype': str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        kind = 'dict' if isinstance(value, dict) else 'list'
+        if depth == 0 or len(value) > 16:
+            return f'{kind} of {len(value)} entries'
+        if isinstance(value, dict):
+            return {str(k): describe(v, depth - 1) for k, v in value.items()}
+        return [describe(v, depth - 1) for v in value]
+    return type(value).__name__
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -115,10 +151,13 @@ def sha256(path: str | os.PathLike) -> str:
 def convert_file(path: str | os.PathLike, table: tuple[list[Ignore], list[Rule]], target) -> tuple[dict, dict]:
     """Read one checkpoint and convert it with ``table``; returns (variables, source metadata)."""
     path = Path(path)
-    state, fmt = extract_state_dict(read_checkpoint(path), str(path))
+    state, fmt, others = extract_state_dict(read_checkpoint(path), str(path))
     ignore, rules = table
     variables, report = convert_state_dict(state, rules, ignore, target, source=str(path))
-    return variables, {'file': path.name, 'sha256': sha256(path), 'format': fmt, **report.summary()}
+    source = {'file': path.name, 'sha256': sha256(path), 'format': fmt, **report.summary()}
+    if others:
+        source['other_entries_not_loaded'] = others
+    return variables, source
 
 
 def convert_pose_file(path: str | os.PathLike, variant: str = 'hrnet_w32') -> tuple[dict, dict]:

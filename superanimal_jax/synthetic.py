@@ -16,8 +16,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-SEED_HEAD = 'heads.bodypart.heatmap_head.model.'  # Head name in the seed's pose_model.pth.
-DLC3_HEAD = 'heads.bodypart.heatmap_head.deconv_layers.'
+# The head's key prefix in the seed's pose_model.pth and in DeepLabCut 3 (see converter.py for the
+# evidence of the seed layout).
+SEED_HEAD = 'heads.bodypart.heatmap_head.model.'
+DLC3_HEAD = 'heads.bodypart.heatmap_head.deconv_layers.0.'
+# timm's classification-head modules the seed file carries (not ``incre_modules``).
+SEED_TIMM_HEAD = ('downsamp_modules', 'final_layer', 'classifier')
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:
@@ -103,10 +107,16 @@ def nearest_resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def to_seed_layout(state: Mapping[str, np.ndarray],
                    extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """DeepLabCut 3 key names -> the seed file's legacy head names, plus timm classifier tensors."""
-    out = {k.replace(DLC3_HEAD, SEED_HEAD): v for k, v in state.items()}
-    out.update(extra or {})
-    return out
+    """DeepLabCut 3 keys -> the seed's ``pose_model.pth`` layout: the backbone, then ``extra`` (timm's
+    ``downsamp_modules``/``final_layer``/``classifier`` tensors, as the released file holds), then
+    the head renamed ``heatmap_head.deconv_layers.0.*`` -> ``heatmap_head.model.*``."""
+    extra = dict(extra or {})
+    stray = [k for k in extra if k.split('.')[2] not in SEED_TIMM_HEAD]
+    if stray:
+        raise ValueError(f'the seed file holds only timm {SEED_TIMM_HEAD} beside the model: {stray[:3]}')
+    backbone = {k: v for k, v in state.items() if not k.startswith(DLC3_HEAD)}
+    head = {SEED_HEAD + k[len(DLC3_HEAD):]: v for k, v in state.items() if k.startswith(DLC3_HEAD)}
+    return {**backbone, **extra, **head}
 
 
 def write_checkpoints(state: Mapping[str, np.ndarray], seed_path: str | Path, dlc3_path: str | Path, *,
@@ -132,7 +142,7 @@ def write_checkpoints(state: Mapping[str, np.ndarray], seed_path: str | Path, dl
 
 def write_pose_checkpoints(state: Mapping[str, np.ndarray], directory: str | Path, *,
                            seed_extra: Mapping[str, np.ndarray] | None = None) -> dict[str, Path]:
-    """``pose_model.pth`` (legacy head names + timm classifier) and
+    """``pose_model.pth`` (the seed layout, :func:`to_seed_layout`) and
     ``superanimal_topviewmouse_hrnet_w32.pt`` in ``directory``."""
     directory = Path(directory)
     return write_checkpoints(state, directory / 'pose_model.pth',

@@ -161,8 +161,16 @@ def _rebuild_parameter(data, requires_grad, backward_hooks):
     return data
 
 
+def _counter(mapping=None):
+    """``collections.Counter`` as pickled (``Counter(dict)``), e.g. a MultiStepLR's ``milestones``."""
+    if mapping is not None and not isinstance(mapping, dict):
+        raise TypeError("Counter state must be a dict")
+    return collections.Counter(mapping or {})
+
+
 _ALLOWED = {
     ("collections", "OrderedDict"): _OrderedDict,
+    ("collections", "Counter"): _counter,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,

@@ -3,6 +3,7 @@
 import collections
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ from superanimal_jax import cli
 from superanimal_jax.conversion import ConversionError, convert_state_dict, flatten
 from superanimal_jax.converter import convert_pose_file, pose_rules, sha256
 from superanimal_jax.pose import POSE_VARIANTS, variables_shape
-from superanimal_jax.torch_file import CheckpointError, UnsafeCheckpointError
+from superanimal_jax.torch_file import CheckpointError, UnsafeCheckpointError, read_checkpoint
 
 W32 = POSE_VARIANTS['hrnet_w32']
+SPEC_KEYS = Path(__file__).parents[2] / 'shared' / 'specs' / 'pose_hrnet_w32_state_dict.tsv'
 
 
 def convert_in_memory(state):
@@ -34,15 +36,47 @@ def converted(pose_checkpoints):
     return {fmt: convert_pose_file(path) for fmt, path in pose_checkpoints.items()}
 
 
-def test_seed_and_dlc3_formats_give_identical_params(converted, pose_manifest):
+def test_seed_and_dlc3_formats_give_identical_params(converted, pose_checkpoints):
     seed, dlc3 = flatten(converted['seed'][0]), flatten(converted['dlc3'][0])
     assert seed.keys() == dlc3.keys()
     for path in seed:
         np.testing.assert_array_equal(seed[path], dlc3[path], err_msg=path)
-    # The seed file really is the legacy layout the reference recorded.
     ignored = {i['reason']: i['count'] for i in converted['seed'][1]['source']['ignored']}
-    assert any('classification head' in r for r in ignored)
-    assert sum(ignored.values()) + converted['seed'][1]['source']['loaded'] == len(pose_manifest['seed_keys'])
+    # timm's head: 30 tensors, 4 of them BatchNorm counters (ignored as such).
+    assert ignored[next(r for r in ignored if 'classification head' in r)] == 26
+    seed_keys = read_checkpoint(pose_checkpoints['seed'])['model_state_dict']
+    assert sum(ignored.values()) + converted['seed'][1]['source']['loaded'] == len(seed_keys)
+
+
+def dlc_parse_model_snapshot_keys(keys):
+    """DeepLabCut's rule for the seed's pose_model.pth (``_parse_model_snapshot`` in
+    ``modelzoo/utils.py``, the parent of commit ffcd2908c), re-expressed: drop timm's
+    ``downsamp_modules``/``final_layer``/``classifier``, and where the first four parts are
+    ``heads.bodypart.heatmap_head.model`` put ``deconv_layers.0`` in the fourth part."""
+    out = []
+    for key in keys:
+        if key.startswith(('backbone.model.downsamp_modules.', 'backbone.model.final_layer',
+                           'backbone.model.classifier')):
+            continue
+        parts = key.split('.')
+        if parts[:4] == ['heads', 'bodypart', 'heatmap_head', 'model']:
+            parts[3] = 'deconv_layers.0'
+        out.append('.'.join(parts))
+    return out
+
+
+@pytest.mark.skipif(not SPEC_KEYS.exists(), reason='needs ../shared/specs beside the checkout')
+def test_seed_fixture_has_the_released_layout(pose_checkpoints):
+    """The seed-format file, read as DeepLabCut reads the released pose_model.pth, gives exactly
+    DeepLabCut 3's 1,832 keys (so the fixture cannot drift from the real layout)."""
+    seed = read_checkpoint(pose_checkpoints['seed'])
+    assert list(seed) == ['model_state_dict']
+    keys = list(seed['model_state_dict'])
+    assert 'heads.bodypart.heatmap_head.model.weight' in keys and not any('incre_modules' in k for k in keys)
+    spec = [line.split('\t')[0] for line in SPEC_KEYS.read_text().splitlines() if not line.startswith('#')]
+    parsed = dlc_parse_model_snapshot_keys(keys)
+    assert len(parsed) == len(set(parsed)) == len(spec) == 1832
+    assert set(parsed) == set(spec)
 
 
 def test_values_land_where_the_rules_say(converted, pose_state):
@@ -98,9 +132,57 @@ def test_non_float_tensor_is_refused(pose_state):
 
 
 def test_legacy_and_new_head_names_together_clash(pose_state):
-    legacy = {k.replace('deconv_layers', 'model'): v for k, v in pose_state.items() if 'heatmap_head' in k}
+    legacy = {k.replace('deconv_layers.0', 'model'): v for k, v in pose_state.items() if 'heatmap_head' in k}
     with pytest.raises(ConversionError, match='both fill params/head/deconv'):
         convert_in_memory({**pose_state, **legacy})
+
+
+def test_head_named_model_0_is_refused(pose_state):
+    """No released file names its head ``heatmap_head.model.0`` (DeepLabCut's own loader would fail
+    on it), so the table has no rule for it: the keys are listed as unknown."""
+    state = {k.replace('deconv_layers.0', 'model.0'): v for k, v in pose_state.items()}
+    with pytest.raises(ConversionError) as err:
+        convert_in_memory(state)
+    message = str(err.value)
+    assert 'unknown keys' in message
+    assert 'heads.bodypart.heatmap_head.model.0.weight (32, 27, 1, 1)' in message
+    assert 'heads.bodypart.heatmap_head.model.0.bias (27,)' in message
+    assert 'params/head/deconv/kernel' in message  # ... and the head is missing.
+
+
+def test_incre_modules_are_not_in_a_released_file(pose_state, pose_manifest):
+    incre = {'backbone.model.incre_modules.0.0.conv1.weight': np.zeros((32, 32, 1, 1), np.float32)}
+    with pytest.raises(ConversionError, match=r'incre_modules\.0\.0\.conv1\.weight.*no such variable'):
+        convert_in_memory({**pose_state, **incre})
+
+
+def test_file_with_optimizer_state_converts(tmp_path, pose_checkpoints, converted):
+    """An older DeepLabCut 3 snapshot: weights beside a real AdamW state, a MultiStepLR state, an
+    epoch and metadata.  Only the weights are read; metadata.json says what else the file held."""
+    seed = read_checkpoint(pose_checkpoints['seed'])['model_state_dict']
+    params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in seed.items() if 'num_batches' not in k]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[160, 190], gamma=0.1)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    scheduler.step()
+    weights = collections.OrderedDict((k, torch.from_numpy(v)) for k, v in seed.items())
+    path = save(tmp_path, {'model_state_dict': weights, 'optimizer_state_dict': optimizer.state_dict(),
+                           'scheduler': scheduler.state_dict(), 'epoch': 7,
+                           'metadata': {'metrics': {'test.rmse': 3.5}, 'losses': [0.25, 0.125]}},
+                'pose_model.pth')
+    out = superanimal_jax.convert(pose=path, out=tmp_path / 'model')
+    expected = flatten(converted['dlc3'][0])
+    for p, v in flatten(superanimal_jax.load(out).pose.variables).items():
+        np.testing.assert_array_equal(np.asarray(v), expected[p], err_msg=p)
+    others = json.loads((out / 'metadata.json').read_text())['pose']['source']['other_entries_not_loaded']
+    assert others['epoch'] == 7
+    assert others['metadata'] == {'metrics': {'test.rmse': 3.5}, 'losses': [0.25, 0.125]}
+    assert others['optimizer_state_dict']['state'] == f'dict of {len(params)} entries'
+    group = others['optimizer_state_dict']['param_groups'][0]
+    assert group['lr'] == 1e-5 and group['betas'] == [0.9, 0.999] and group['params'] == f'list of {len(params)} entries'
+    assert others['scheduler']['milestones'] == {'160': 1, '190': 1}
 
 
 def test_truncated_file_fails_clearly(tmp_path, pose_checkpoints):
