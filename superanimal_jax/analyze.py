@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from superanimal_jax.outputs import SUPERANIMAL_SCORER, ResultWriter
+from superanimal_jax.outputs import SUPERANIMAL_SCORER, ResultWriter, output_folder
 from superanimal_jax.video import VideoReader
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
@@ -36,12 +36,12 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     Writes ``<stem>_<scorer>.h5`` (and ``.csv`` with ``csv``), ``<stem>_<scorer>_before_adapt.json``,
     with ``labeled_video`` ``<stem>_<scorer>_labeled_before_adapt.mp4`` (keypoints with likelihood
     above ``pcutoff``, boxes scoring at least ``bbox_threshold``) and with ``plot_trajectories``
-    ``<stem>_<scorer>_trajectories.png``, in ``out_dir`` (default: the video's folder).
-    Returns the paths written.  With a frame range, row ``i`` of the results is frame
+    ``<stem>_<scorer>_trajectories.png``, in ``out_dir`` (default: the video's folder; made, with
+    its parents, if missing).  Returns the paths written.  With a frame range, row ``i`` of the results is frame
     ``start + i`` of the video.
     """
     reader = VideoReader(video, start, stop)
-    out_dir = Path(out_dir) if out_dir is not None else reader.path.parent
+    out_dir = output_folder(out_dir) if out_dir is not None else reader.path.parent
     pipeline = model.pipeline(max_individuals)
     bodyparts = model.keypoint_names
     stem = reader.path.stem
@@ -99,6 +99,8 @@ def analyze_videos(videos: Sequence[str | os.PathLike], model, out_dir: str | os
     missing = [str(v) for v in videos if not v.is_file()]
     if missing:  # Every process checks every video, so no host starts a job that will fail.
         raise FileNotFoundError(f'no such video file: {", ".join(missing)}')
+    if out_dir is not None and videos:
+        output_folder(out_dir)
     return {video: analyze_video(video, model, out_dir, **options) for video in parallel.process_share(videos)}
 
 
@@ -142,8 +144,8 @@ def analyze_images(images: Sequence[str | os.PathLike] | str | os.PathLike, mode
     """SuperAnimal poses for image files (or folders of them).
 
     Returns ``{path: {'keypoints': (M, 27, 3), 'boxes': (M, 4), 'box_scores': (M,)}}``.  With
-    ``out_dir``, also writes ``<name>_<scorer>.h5`` (indexed by image path), ``.json`` and, with
-    ``labeled``, ``<image stem>_labeled.png`` per image.  Images of different sizes are batched
+    ``out_dir`` (made, with its parents, if missing), also writes ``<name>_<scorer>.h5`` (indexed
+    by image path), ``.json`` and, with ``labeled``, ``<image stem>_labeled.png`` per image.  Images of different sizes are batched
     by size (one compiled detector per size).
     """
     if isinstance(images, (str, os.PathLike)):
@@ -152,8 +154,8 @@ def analyze_images(images: Sequence[str | os.PathLike] | str | os.PathLike, mode
     if not files:
         raise ValueError('no image files given')
     loaded = {p: read_image(p) for p in files}  # Every file is checked before any work is done.
-    if out_dir is not None and not Path(out_dir).is_dir():
-        raise OSError(f'output folder {out_dir} does not exist')
+    if out_dir is not None:
+        out_dir = output_folder(out_dir)
     pipeline = model.pipeline(max_individuals)
     results = {}
     by_size = collections.defaultdict(list)
@@ -179,13 +181,13 @@ def _write_images(results, loaded, out_dir, bodyparts, max_individuals, scorer, 
     import pandas as pd
 
     from superanimal_jax.atomic import atomic_path
-    from superanimal_jax.outputs import columns
+    from superanimal_jax.outputs import columns, write_h5
 
     index = [str(p) for p in results]
     values = np.stack([r['keypoints'].reshape(-1) for r in results.values()]).astype(np.float32)
     frame = pd.DataFrame(values, columns=columns(scorer, bodyparts, max_individuals), index=index)
     with atomic_path(out_dir / f'{name}_{scorer}.h5') as temp:
-        frame.to_hdf(temp, key='df_with_missing', format='table', mode='w')
+        write_h5(frame, temp)
     with atomic_path(out_dir / f'{name}_{scorer}.json') as temp:
         temp.write_text(json.dumps({str(p): {'bodyparts': r['keypoints'].tolist(), 'bboxes': r['boxes'].tolist(),
                                              'bbox_scores': r['box_scores'].tolist()}

@@ -69,8 +69,10 @@ def _analyze(args) -> int:
         if p.is_file() and p.suffix.lower() not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
             raise ValueError(f'{p}: not a video ({", ".join(VIDEO_SUFFIXES)}) or an image '
                              f'({", ".join(IMAGE_SUFFIXES)})')
-    if args.out is not None and not Path(args.out).is_dir():
-        raise OSError(f'output folder {args.out} does not exist')
+    if args.out is not None:
+        from superanimal_jax.outputs import output_folder
+
+        output_folder(args.out)  # Made before the model loads; a file in the way fails here.
     _distributed(args)
     model = superanimal_jax.load(_model_dir(args), dtype=args.dtype)
     videos = [p for p in inputs if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                          'released weights once and cache them; see `download`)')
     analyze.add_argument('--weights', nargs=2, metavar=('POSE', 'DETECTOR'),
                          help='released PyTorch files to convert (once, cached) instead of downloading')
-    analyze.add_argument('--out', metavar='DIR', help="output folder (default: each input's folder)")
+    analyze.add_argument('--out', metavar='DIR', help="output folder, made if missing (default: each input's folder)")
     analyze.add_argument('--max-individuals', type=int, default=10, metavar='N')
     analyze.add_argument('--batch-size', type=int, default=8, metavar='N', help='frames per batch (default 8)')
     analyze.add_argument('--pcutoff', type=float, default=0.1, metavar='P',

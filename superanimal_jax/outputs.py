@@ -26,6 +26,20 @@ SUPERANIMAL_SCORER = 'superanimal_topviewmouse_hrnet_w32_fasterrcnn_resnet50_fpn
 JSON_SUFFIX = '_before_adapt.json'
 
 
+def output_folder(path: str | os.PathLike) -> Path:
+    """Make the output folder ``path`` (with its parents) if missing, as DeepLabCut's
+    ``video_inference_superanimal`` does; a file standing in its way is a clear error."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise NotADirectoryError(f'output folder {path}: {blocker} is a file, not a folder')
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f'cannot make the output folder {path}: {err.strerror or err}') from err
+    return path
+
+
 def result_paths(out_dir: str | os.PathLike, stem: str, scorer: str = SUPERANIMAL_SCORER, *,
                  csv: bool = False, json_file: bool = True) -> dict[str, Path]:
     """Final paths of the results for ``stem`` (``h5``, and ``csv`` / ``json`` when asked)."""
@@ -45,6 +59,42 @@ def columns(scorer: str, bodyparts, max_individuals: int):
     individuals = [f'animal{i}' for i in range(max_individuals)]
     return pd.MultiIndex.from_product([[scorer], individuals, list(bodyparts), ['x', 'y', 'likelihood']],
                                       names=['scorer', 'individuals', 'bodyparts', 'coords'])
+
+
+# What pandas 2.x writes as its format version (its ``pytables._version``).  pandas 3 stopped
+# writing the attribute, and pandas 2 then reads the file as a pre-0.10.1 layout and fails
+# (``AttributeError`` in ``_dtype_to_kind``): DeepLabCut 3.0.2 pins ``pandas<3``.
+_PANDAS2_FORMAT_VERSION = '0.15.2'
+_PANDAS3_ONLY_ATTRS = ('data_col_nan_rep', 'mi_level_nan_rep')  # Group attributes pandas 2 never writes.
+
+
+def pandas2_layout(path: str | os.PathLike, key: str = 'df_with_missing') -> None:
+    """Give a table-format h5 the node attributes pandas 2.x writes (and DeepLabCut's own h5 has),
+    so DeepLabCut's environment (pandas 2.2/2.3) reads it; pandas 3 reads that layout too.
+
+    A no-op on a file pandas 2 wrote.  Only attributes change; the data are untouched.
+    """
+    import tables
+
+    with tables.open_file(str(path), mode='r+') as h5:
+        group = h5.get_node(f'/{key}')
+        attrs = group._v_attrs
+        if 'pandas_version' not in attrs._v_attrnames:
+            attrs.pandas_version = _PANDAS2_FORMAT_VERSION
+        if getattr(attrs, 'nan_rep', None) is None:
+            attrs.nan_rep = 'nan'  # pandas 2's table-wide default.
+        for name in _PANDAS3_ONLY_ATTRS:
+            if name in attrs._v_attrnames:
+                delattr(attrs, name)
+        table = group.table._v_attrs
+        for name in [n for n in table._v_attrnames if n.endswith('_nan_rep')]:
+            delattr(table, name)  # pandas 3's per-column string sentinels ('' for the index).
+
+
+def write_h5(frame, path: str | os.PathLike, key: str = 'df_with_missing') -> None:
+    """``frame`` as a table-format h5 at ``path`` in pandas 2's layout (:func:`pandas2_layout`)."""
+    frame.to_hdf(path, key=key, format='table', mode='w')
+    pandas2_layout(path, key)
 
 
 class ResultWriter:
@@ -152,13 +202,14 @@ class ResultWriter:
             if self._store is None:  # No frames at all: still a valid, empty table.
                 import pandas as pd
 
-                pd.DataFrame(np.zeros((0, len(self.columns)), np.float32), columns=self.columns).to_hdf(
-                    self.temps['h5'], key='df_with_missing', format='table', mode='w')
+                write_h5(pd.DataFrame(np.zeros((0, len(self.columns)), np.float32), columns=self.columns),
+                         self.temps['h5'])
                 if 'csv' in self.temps:
                     pd.DataFrame(columns=self.columns).to_csv(self.temps['csv'])
             else:
                 self._store.close()
                 self._store = None
+                pandas2_layout(self.temps['h5'])
             if self._json is not None:
                 self._json.write(']')
                 self._json.close()

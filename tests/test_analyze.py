@@ -126,13 +126,46 @@ def test_truncated_video_keeps_the_frames_before_the_damage(model, video, tmp_pa
     assert items[first] is None and items[first - 1] is not None
 
 
+def test_missing_output_folder_is_made(model, video, tmp_path):
+    """As DeepLabCut's video_inference_superanimal: the folder is made with its parents, and the
+    files are the same as in a folder that existed."""
+    existing = tmp_path / 'existing'
+    existing.mkdir()
+    made = tmp_path / 'not' / 'there' / 'yet'
+    first = analyze_video(video, model, existing, max_individuals=M, csv=True, labeled_video=True, progress=False)
+    second = analyze_video(video, model, made, max_individuals=M, csv=True, labeled_video=True, progress=False)
+    assert listing(made) == listing(existing) and len(listing(made)) == 4
+    for key in ('h5', 'csv', 'json'):
+        assert first[key].read_bytes() == second[key].read_bytes(), key
+    images = tmp_path / 'images'
+    images.mkdir()
+    import cv2
+
+    cv2.imwrite(str(images / 'img0.png'), cv2.cvtColor(fakes.frame(0), cv2.COLOR_RGB2BGR))
+    analyze_images(images, model, tmp_path / 'image' / 'results', max_individuals=M, progress=False)
+    assert listing(tmp_path / 'image' / 'results') == sorted([f'images_{SUPERANIMAL_SCORER}.h5',
+                                                              f'images_{SUPERANIMAL_SCORER}.json'])
+
+
 def test_unwritable_output_folder(model, video, tmp_path):
-    with pytest.raises(OSError, match='does not exist'):
-        analyze_video(video, model, tmp_path / 'nowhere', max_individuals=M, progress=False)
+    import cv2
+
     blocker = tmp_path / 'file'
     blocker.write_text('')
-    with pytest.raises(OSError):
-        analyze_video(video, model, blocker, max_individuals=M, progress=False)
+    images = tmp_path / 'images'
+    images.mkdir()
+    cv2.imwrite(str(images / 'img0.png'), cv2.cvtColor(fakes.frame(0), cv2.COLOR_RGB2BGR))
+
+    class Counting(fakes.ThresholdDetector):
+        def detect(self, frames, max_detections=100):
+            raise AssertionError('work started before the output folder was checked')
+
+    for out in (blocker, blocker / 'below'):
+        with pytest.raises(NotADirectoryError, match=f'{blocker} is a file, not a folder'):
+            analyze_video(video, fakes.tiny_model(Counting()), out, max_individuals=M, progress=False)
+        with pytest.raises(NotADirectoryError, match='is a file, not a folder'):
+            analyze_images(images, model, out, max_individuals=M, progress=False)
+    assert blocker.read_text() == ''
     if os.geteuid() != 0:  # Root ignores permission bits.
         locked = tmp_path / 'locked'
         locked.mkdir(0o500)
@@ -203,3 +236,20 @@ def test_images(model, tmp_path):
     (folder / 'broken.png').write_bytes(b'not a png')
     with pytest.raises(ValueError, match='broken.png'):
         analyze_images(folder, model, tmp_path / 'out', max_individuals=M, progress=False)
+
+
+def test_cli_makes_the_output_folder_and_refuses_a_file(model, video, tmp_path, monkeypatch, capsys):
+    import superanimal_jax
+    from superanimal_jax import cli
+
+    loads = []
+    monkeypatch.setattr(superanimal_jax, 'load', lambda *a, **k: loads.append(a) or model)
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    assert cli.main(['analyze', str(video), '--model', str(tmp_path), '--out', str(blocker),
+                     '--max-individuals', str(M)]) == 2
+    assert 'is a file, not a folder' in capsys.readouterr().err and not loads  # Before the model loads.
+    out = tmp_path / 'new' / 'folder'
+    assert cli.main(['analyze', str(video), '--model', str(tmp_path), '--out', str(out),
+                     '--max-individuals', str(M)]) == 0
+    assert listing(out) == sorted([f'clip_{SUPERANIMAL_SCORER}.h5', f'clip_{SUPERANIMAL_SCORER}_before_adapt.json'])

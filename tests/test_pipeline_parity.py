@@ -15,12 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, run_reference_script
 from superanimal_jax import Detector, PoseEstimator, SuperAnimalModel
 from superanimal_jax.analyze import analyze_images, analyze_video
 from superanimal_jax.conversion import convert_state_dict
 from superanimal_jax.converter import pose_rules
 from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
+
+GOLDENS = ('pipeline/manifest.json',)  # Files recording the versions the goldens were made with (conftest).
 
 GOLDEN = FIXTURES / 'pipeline'
 IMAGES = FIXTURES.parents[2] / 'shared' / 'data' / 'openfield' / 'labeled-data' / 'm4s1'
@@ -42,8 +44,24 @@ def model(pose_state, detector_variables):
 
 @pytest.fixture(scope='module')
 def analysed(model, tmp_path_factory):
-    out = tmp_path_factory.mktemp('clip')
+    out = tmp_path_factory.mktemp('clip') / 'made' / 'by analyze'  # Missing: analyze_video makes it.
     return analyze_video(GOLDEN / 'openfield_clip.avi', model, out, batch_size=4, csv=True, progress=False)
+
+
+def h5_layout(path) -> dict:
+    """Every PyTables node of an h5: its type, user attributes and, for tables, the column types."""
+    import tables
+
+    layout = {}
+    with tables.open_file(str(path)) as h5:
+        for node in h5.walk_nodes('/'):
+            attrs = node._v_attrs
+            entry = {'type': type(node).__name__,
+                     'attrs': {k: repr(attrs[k]) for k in sorted(attrs._v_attrnamesuser)}}
+            if isinstance(node, tables.Table):
+                entry['columns'] = {k: repr(v) for k, v in node.coldescrs.items()}
+            layout[node._v_pathname] = entry
+    return layout
 
 
 def compare(ours: np.ndarray, ref: np.ndarray, what: str) -> dict:
@@ -79,6 +97,41 @@ def test_video_h5_matches_deeplabcut(analysed, manifest):
     shape = (len(ref), 10, len(TOPVIEWMOUSE_KEYPOINTS), 3)
     stats = compare(ours.to_numpy().reshape(shape), ref.to_numpy().reshape(shape), 'video h5')
     assert stats['median_px'] <= 0.01 and stats['p99_px'] <= 0.5 and stats['likelihood'] <= 1e-4
+
+
+def test_video_h5_has_deeplabcuts_node_layout(analysed):
+    """Our h5 has exactly the nodes, node attributes and column types of the h5 DeepLabCut wrote
+    under pandas 2: the layout DeepLabCut's environment (pandas<3) reads.  pandas 3 alone writes
+    no ``pandas_version`` and pandas 2 then fails to read the file."""
+    ours, theirs = h5_layout(analysed['h5']), h5_layout(GOLDEN / 'clip_dlc.h5')
+    assert ours.keys() == theirs.keys()
+    for node in theirs:
+        assert ours[node] == theirs[node], node
+    assert "'0.15.2'" in theirs['/df_with_missing']['attrs']['pandas_version']
+
+
+@pytest.mark.reference
+def test_h5_files_open_in_deeplabcuts_environment(analysed, model, tmp_path):
+    """Live: our video and image h5 files read by the reference environment's pandas 2.x equal the
+    same files read here, and DeepLabCut's create_video draws our video h5."""
+    images = analyze_images([IMAGES / n for n in ('img0015.png', 'img0045.png')], model, tmp_path / 'images',
+                            batch_size=2, progress=False)
+    assert len(images) == 2
+    image_h5 = next((tmp_path / 'images').glob('*.h5'))
+    run_reference_script('read_h5_in_deeplabcut.py', tmp_path / 'ref', '--h5', str(analysed['h5']), str(image_h5),
+                         '--video', str(GOLDEN / 'openfield_clip.avi'), '--labeled', str(analysed['h5']))
+    report = json.loads((tmp_path / 'ref' / 'read.json').read_text())
+    print(f"read by pandas {report['versions']['pandas']}, tables {report['versions']['tables']}")
+    assert report['versions']['pandas'].startswith('2.')
+    for h5 in (analysed['h5'], image_h5):
+        ours = pd.read_hdf(h5, 'df_with_missing')
+        with np.load(tmp_path / 'ref' / f'{h5.stem}.npz') as theirs:
+            np.testing.assert_array_equal(theirs['values'], ours.to_numpy())
+            assert theirs['values'].dtype == np.float32
+            assert theirs['index'].tolist() == [str(i) for i in ours.index]
+            assert json.loads(str(theirs['columns'])) == [list(c) for c in ours.columns]
+            assert json.loads(str(theirs['names'])) == list(ours.columns.names)
+    assert report['labeled_video']['frames'] == 8
 
 
 def test_video_json_matches_deeplabcut(analysed, manifest):
