@@ -31,10 +31,11 @@ sys.path.insert(0, str(ROOT / 'convert'))
 
 from _common import describe, side_by_side, timed, write_report  # noqa: E402
 
-from superanimal_jax import normalize_crops, synthetic  # noqa: E402
-from superanimal_jax.conversion import convert_state_dict  # noqa: E402
-from superanimal_jax.converter import detector_rules  # noqa: E402
-from superanimal_jax.detector import Detector, variables_shape  # noqa: E402
+from superanimal_jax import normalize_crops  # noqa: E402
+from superanimal_jax.checkpoints import synthetic
+from superanimal_jax.checkpoints.rules import convert_state_dict  # noqa: E402
+from superanimal_jax.checkpoints.convert import detector_rules  # noqa: E402
+from superanimal_jax.models.detector import Detector, variables_shape  # noqa: E402
 
 FIXTURES = ROOT / 'tests' / 'fixtures'
 

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import jax
 
-from superanimal_jax import model_dir, synthetic
-from superanimal_jax.conversion import convert_state_dict
-from superanimal_jax.converter import pose_rules
-from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
-from superanimal_jax.train import TrainConfig, train
+from superanimal_jax.checkpoints import model_dir
+from superanimal_jax.checkpoints import synthetic
+from superanimal_jax.checkpoints.rules import convert_state_dict
+from superanimal_jax.checkpoints.convert import pose_rules
+from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
+from superanimal_jax.training.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ROOT.parent / 'shared' / 'data' / 'openfield'

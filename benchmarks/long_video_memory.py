@@ -29,7 +29,7 @@ CHILD = '''
 import resource, sys, time
 sys.path.insert(0, {tests!r})
 import fakes
-from superanimal_jax.analyze import analyze_video
+from superanimal_jax.analysis.analyze import analyze_video
 start = time.perf_counter()
 paths = analyze_video({video!r}, fakes.tiny_model(), {out!r}, max_individuals=1, batch_size={batch},
                       progress=False)

@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from _common import describe, side_by_side, timed, write_report  # noqa: E402
 
-from superanimal_jax.conversion import convert_state_dict  # noqa: E402
-from superanimal_jax.converter import pose_rules  # noqa: E402
-from superanimal_jax.pose import POSE_VARIANTS, PoseNetwork, variables_shape  # noqa: E402
+from superanimal_jax.checkpoints.rules import convert_state_dict  # noqa: E402
+from superanimal_jax.checkpoints.convert import pose_rules  # noqa: E402
+from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork, variables_shape  # noqa: E402
 
 
 def deeplabcut_model():

@@ -29,14 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 from _common import write_report  # noqa: E402
 
-from superanimal_jax import crops as crops_lib  # noqa: E402
-from superanimal_jax import synthetic  # noqa: E402
-from superanimal_jax.conversion import convert_state_dict  # noqa: E402
-from superanimal_jax.converter import pose_rules  # noqa: E402
-from superanimal_jax.model import PoseEstimator  # noqa: E402
-from superanimal_jax.pose import POSE_VARIANTS, decode_heatmaps, normalize_crops, variables_shape  # noqa: E402
-from superanimal_jax.project import read_project  # noqa: E402
-from superanimal_jax.train_data import bbox_from_keypoints, load_rgb  # noqa: E402
+from superanimal_jax.transforms import crops as crops_lib  # noqa: E402
+from superanimal_jax.checkpoints import synthetic  # noqa: E402
+from superanimal_jax.checkpoints.rules import convert_state_dict  # noqa: E402
+from superanimal_jax.checkpoints.convert import pose_rules  # noqa: E402
+from superanimal_jax.inference.model import PoseEstimator  # noqa: E402
+from superanimal_jax.models.pose import POSE_VARIANTS, decode_heatmaps, normalize_crops, variables_shape  # noqa: E402
+from superanimal_jax.training.project import read_project  # noqa: E402
+from superanimal_jax.training.data import bbox_from_keypoints, load_rgb  # noqa: E402
 
 PROJECT = ROOT.parent / 'shared' / 'data' / 'openfield'
 
@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.model is not None:
-        from superanimal_jax.model import load
+        from superanimal_jax.inference.model import load
 
         pose = load(args.model).pose
         config, variables, weights = pose.config, pose.variables, str(args.model)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_throughput.py                          # batch 1 and 8
     .venv/bin/python benchmarks/train_throughput.py --batch-sizes 8 32 --workers 1 2 4
 
-Host side: :class:`superanimal_jax.train_data.TrainData` on the openfield project (640x480
+Host side: :class:`superanimal_jax.training.data.TrainData` on the openfield project (640x480
 frames, DeepLabCut's SuperAnimal augmentation on: rotation and noise each with p = 0.5, full-frame
 normalisation, crop, targets), items/s with 1..N worker threads, frames already cached (as after
 the first epoch).  Device side: the jitted hrnet_w32 train step (4 keypoints, conversion-table
@@ -27,10 +27,10 @@ import numpy as np
 from _common import write_report
 
 from superanimal_jax import TOPVIEWMOUSE_KEYPOINTS
-from superanimal_jax.pose import POSE_VARIANTS, PoseNetwork
-from superanimal_jax.project import read_project
-from superanimal_jax.train import TrainConfig, init_state, make_items, make_optimizer, make_task, make_train_step
-from superanimal_jax.train_data import DataConfig, TrainData
+from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork
+from superanimal_jax.training.project import read_project
+from superanimal_jax.training.loop import TrainConfig, init_state, make_items, make_optimizer, make_task, make_train_step
+from superanimal_jax.training.data import DataConfig, TrainData
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ROOT.parent / 'shared' / 'data' / 'openfield'

@@ -18,8 +18,8 @@ from pathlib import Path
 
 
 import superanimal_jax
-from superanimal_jax import synthetic
-from superanimal_jax.analyze import analyze_video
+from superanimal_jax.checkpoints import synthetic
+from superanimal_jax.analysis.analyze import analyze_video
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO = ROOT.parent / 'shared' / 'data' / 'openfield' / 'videos' / 'm3v1mp4.mp4'
@@ -28,10 +28,10 @@ FIXTURES = ROOT / 'tests' / 'fixtures'
 
 def demo_model() -> superanimal_jax.SuperAnimalModel:
     """The test suite's synthetic pose and detector weights, converted in memory (no torch)."""
-    from superanimal_jax.conversion import convert_state_dict
-    from superanimal_jax.converter import detector_rules, pose_rules
-    from superanimal_jax.detector import variables_shape as detector_shape
-    from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
+    from superanimal_jax.checkpoints.rules import convert_state_dict
+    from superanimal_jax.checkpoints.convert import detector_rules, pose_rules
+    from superanimal_jax.models.detector import variables_shape as detector_shape
+    from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
 
     states = {name: synthetic.fixture_state(FIXTURES, name) for name in ('pose', 'detector')}
     config = POSE_VARIANTS['hrnet_w32']
@@ -56,7 +56,7 @@ def main() -> None:
     if args.model:
         model = superanimal_jax.load(args.model)
     elif args.weights:
-        from superanimal_jax import hub
+        from superanimal_jax.checkpoints import hub
 
         model = superanimal_jax.load(hub.ensure_model(pose=args.weights[0], detector=args.weights[1]))
     else:

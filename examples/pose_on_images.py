@@ -20,11 +20,11 @@ import cv2
 import numpy as np
 
 import superanimal_jax
-from superanimal_jax import synthetic
-from superanimal_jax.conversion import convert_state_dict
-from superanimal_jax.converter import pose_rules
-from superanimal_jax.model import PoseEstimator
-from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
+from superanimal_jax.checkpoints import synthetic
+from superanimal_jax.checkpoints.rules import convert_state_dict
+from superanimal_jax.checkpoints.convert import pose_rules
+from superanimal_jax.inference.model import PoseEstimator
+from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENFIELD = ROOT.parent / 'shared' / 'data' / 'openfield' / 'labeled-data' / 'm4s1'

@@ -2,17 +2,18 @@
 
 __version__ = '0.1.0'
 
-from superanimal_jax import hub, parallel
-from superanimal_jax.analyze import analyze_images, analyze_video, analyze_videos
-from superanimal_jax.conversion import ConversionError
-from superanimal_jax.converter import convert
-from superanimal_jax.detector import Detector
-from superanimal_jax.model import PoseEstimator, SuperAnimalModel, load
-from superanimal_jax.model_dir import ModelDirError
-from superanimal_jax.pose import TOPVIEWMOUSE_KEYPOINTS, decode_heatmaps, normalize_crops
-from superanimal_jax.project import ProjectError, read_project
-from superanimal_jax.train import TrainConfig, evaluate
-from superanimal_jax.train import train as fine_tune
+from superanimal_jax import parallel
+from superanimal_jax.checkpoints import hub
+from superanimal_jax.analysis.analyze import analyze_images, analyze_video, analyze_videos
+from superanimal_jax.checkpoints.rules import ConversionError
+from superanimal_jax.checkpoints.convert import convert
+from superanimal_jax.models.detector import Detector
+from superanimal_jax.inference.model import PoseEstimator, SuperAnimalModel, load
+from superanimal_jax.checkpoints.model_dir import ModelDirError
+from superanimal_jax.models.pose import TOPVIEWMOUSE_KEYPOINTS, decode_heatmaps, normalize_crops
+from superanimal_jax.training.project import ProjectError, read_project
+from superanimal_jax.training.loop import TrainConfig, evaluate
+from superanimal_jax.training.loop import train as fine_tune
 
 __all__ = [
     'ConversionError', 'Detector', 'ModelDirError', 'PoseEstimator', 'ProjectError', 'SuperAnimalModel',

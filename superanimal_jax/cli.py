@@ -8,7 +8,7 @@ import sys
 
 
 def _convert(args) -> int:
-    from superanimal_jax.converter import convert
+    from superanimal_jax.checkpoints.convert import convert
 
     out = convert(pose=args.pose, detector=args.detector, out=args.out, overwrite=args.overwrite)
     meta = json.loads((out / 'metadata.json').read_text())
@@ -28,7 +28,7 @@ def _model_dir(args):
     """--model DIR, else --weights POSE DETECTOR converted once, else the model hub (cached)."""
     if args.model:
         return args.model
-    from superanimal_jax import hub
+    from superanimal_jax.checkpoints import hub
 
     if args.weights:
         return hub.ensure_model(pose=args.weights[0], detector=args.weights[1])
@@ -36,7 +36,7 @@ def _model_dir(args):
 
 
 def _download(args) -> int:
-    from superanimal_jax import hub
+    from superanimal_jax.checkpoints import hub
 
     if args.weights:
         path = hub.ensure_model(pose=args.weights[0], detector=args.weights[1], force=args.force)
@@ -60,7 +60,7 @@ def _analyze(args) -> int:
     import jax
 
     import superanimal_jax
-    from superanimal_jax.analyze import IMAGE_SUFFIXES, analyze_images, analyze_videos
+    from superanimal_jax.analysis.analyze import IMAGE_SUFFIXES, analyze_images, analyze_videos
 
     inputs = [Path(p) for p in args.inputs]
     for p in inputs:
@@ -70,7 +70,7 @@ def _analyze(args) -> int:
             raise ValueError(f'{p}: not a video ({", ".join(VIDEO_SUFFIXES)}) or an image '
                              f'({", ".join(IMAGE_SUFFIXES)})')
     if args.out is not None:
-        from superanimal_jax.outputs import output_folder
+        from superanimal_jax.io.results import output_folder
 
         output_folder(args.out)  # Made before the model loads; a file in the way fails here.
     _distributed(args)
@@ -93,8 +93,8 @@ def _analyze(args) -> int:
 
 
 def _train(args) -> int:
-    from superanimal_jax.augment import TrainAugmentation
-    from superanimal_jax.train import TrainConfig, train
+    from superanimal_jax.transforms.augment import TrainAugmentation
+    from superanimal_jax.training.loop import TrainConfig, train
 
     _distributed(args)
     options = dict(mode=args.mode, batch_size=args.batch_size, seed=args.seed, workers=args.workers,
@@ -111,7 +111,7 @@ def _train(args) -> int:
         options['save_interval'] = args.save_interval
     if args.no_augmentation:
         options['augmentation'] = TrainAugmentation.off()
-    from superanimal_jax.project import read_project
+    from superanimal_jax.training.project import read_project
 
     project = read_project(args.project, drop_unlabeled=args.drop_unlabeled)
     result = train(project, args.model, args.out, TrainConfig(**options))
@@ -124,9 +124,9 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from superanimal_jax.train import evaluate
+    from superanimal_jax.training.loop import evaluate
 
-    from superanimal_jax.project import read_project
+    from superanimal_jax.training.project import read_project
 
     project = read_project(args.project, drop_unlabeled=args.drop_unlabeled)
     results = evaluate(project, args.model, split=args.split, pcutoff=args.pcutoff)

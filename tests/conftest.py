@@ -1,6 +1,6 @@
 """Shared fixtures: the reference manifest, regenerated synthetic weights, written checkpoints.
 
-Golden files in ``tests/fixtures`` were made by ``convert/make_pose_fixtures.py`` inside the
+Golden files in ``tests/fixtures`` were made by ``tests/reference/make_pose_fixtures.py`` inside the
 DeepLabCut 3.0.2 reference environment; nothing here needs that environment.
 """
 
@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from superanimal_jax import synthetic
+from superanimal_jax.checkpoints import synthetic
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 
@@ -129,9 +129,9 @@ def detector_checkpoints(detector_state, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope='session')
 def detector_variables(detector_state) -> dict:
     """The synthetic detector weights converted in memory (no file)."""
-    from superanimal_jax.conversion import convert_state_dict
-    from superanimal_jax.converter import detector_rules
-    from superanimal_jax.detector import variables_shape
+    from superanimal_jax.checkpoints.rules import convert_state_dict
+    from superanimal_jax.checkpoints.convert import detector_rules
+    from superanimal_jax.models.detector import variables_shape
 
     ignore, rules = detector_rules()
     return convert_state_dict(detector_state, rules, ignore, variables_shape(), source='detector')[0]
@@ -142,13 +142,13 @@ REFERENCE_PYTHON = FIXTURES.parents[1] / '.ref' / 'bin' / 'python'
 
 
 def run_reference_script(script: str, out: Path, *args: str) -> None:
-    """Run ``convert/<script>`` in the reference environment (``.ref/``) with ``--out out``; the
+    """Run ``tests/reference/<script>`` in the reference environment (``.ref/``) with ``--out out``; the
     reference tier is skipped where that environment was not made."""
     import subprocess
 
     if not REFERENCE_PYTHON.exists():
         pytest.skip('no reference environment: see ../shared/reference/README.md to make .ref/')
-    subprocess.run([str(REFERENCE_PYTHON), f'convert/{script}', '--out', str(out), *args],
+    subprocess.run([str(REFERENCE_PYTHON), f'tests/reference/{script}', '--out', str(out), *args],
                    cwd=FIXTURES.parents[1], check=True)
 
 
@@ -161,8 +161,8 @@ def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False, bias_
 
     import jax.numpy as jnp
 
-    from superanimal_jax import model_dir
-    from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, PoseNetwork
+    from superanimal_jax.checkpoints import model_dir
+    from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, PoseNetwork
 
     config = dataclasses.replace(POSE_VARIANTS['hrnet_tiny'], num_keypoints=27)
     shapes = jax.eval_shape(PoseNetwork(config).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superanimal_jax.model import PoseEstimator, SuperAnimalModel
-from superanimal_jax.pose import POSE_VARIANTS, PoseNetwork
+from superanimal_jax.inference.model import PoseEstimator, SuperAnimalModel
+from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork
 
 SIZE = (96, 128)  # Frame height, width.
 BODYPARTS = ('nose', 'left_ear', 'right_ear', 'neck', 'tail_base')

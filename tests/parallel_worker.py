@@ -69,9 +69,9 @@ def train_job(args) -> None:
 
     import superanimal_jax
     from superanimal_jax import parallel
-    from superanimal_jax.conversion import flatten
-    from superanimal_jax.train import TrainConfig, train
-    from superanimal_jax.train_data import DataConfig, Item, TrainData
+    from superanimal_jax.checkpoints.rules import flatten
+    from superanimal_jax.training.loop import TrainConfig, train
+    from superanimal_jax.training.data import DataConfig, Item, TrainData
 
     from conftest import OPENFIELD_PROJECT
 
@@ -112,8 +112,8 @@ def analyze_share(args, model) -> None:
 
     import fakes
 
-    from superanimal_jax.analyze import analyze_videos
-    from superanimal_jax.model import SuperAnimalModel
+    from superanimal_jax.analysis.analyze import analyze_videos
+    from superanimal_jax.inference.model import SuperAnimalModel
 
     videos = sorted(args.videos.glob('*.avi'))
     model = SuperAnimalModel(pose=model.pose, metadata=model.metadata, detector=fakes.ThresholdDetector())
@@ -134,10 +134,11 @@ def detector_job(args) -> None:
     import jax
     import numpy as np
 
-    from superanimal_jax import parallel, synthetic
-    from superanimal_jax.conversion import convert_state_dict
-    from superanimal_jax.converter import detector_rules
-    from superanimal_jax.detector import Detector, variables_shape
+    from superanimal_jax import parallel
+    from superanimal_jax.checkpoints import synthetic
+    from superanimal_jax.checkpoints.rules import convert_state_dict
+    from superanimal_jax.checkpoints.convert import detector_rules
+    from superanimal_jax.models.detector import Detector, variables_shape
 
     import fakes
 
@@ -160,8 +161,8 @@ def infer_job(args) -> None:
 
     import superanimal_jax
     from superanimal_jax import parallel
-    from superanimal_jax.analyze import analyze_video
-    from superanimal_jax.model import SuperAnimalModel
+    from superanimal_jax.analysis.analyze import analyze_video
+    from superanimal_jax.inference.model import SuperAnimalModel
 
     import fakes
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import superanimal_jax
-from superanimal_jax import synthetic
-from superanimal_jax.pose import PoseNetwork
+from superanimal_jax.checkpoints import synthetic
+from superanimal_jax.models.pose import PoseNetwork
 
 TARGET = 1e-5  # Relative max-abs error we aim for at every tap.
 LIMIT = 1e-4  # Hard limit.

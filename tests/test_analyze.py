@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 import fakes
-from superanimal_jax import crops
-from superanimal_jax.analyze import analyze_images, analyze_video
-from superanimal_jax.outputs import SUPERANIMAL_SCORER
-from superanimal_jax.video import TruncatedVideoWarning, VideoError, VideoReader
+from superanimal_jax.transforms import crops
+from superanimal_jax.analysis.analyze import analyze_images, analyze_video
+from superanimal_jax.io.results import SUPERANIMAL_SCORER
+from superanimal_jax.io.video import TruncatedVideoWarning, VideoError, VideoReader
 
 M = 3  # max_individuals
 

@@ -1,4 +1,4 @@
-"""Anchors against torchvision's AnchorGenerator (``convert/make_box_op_fixtures.py``)."""
+"""Anchors against torchvision's AnchorGenerator (``tests/reference/make_box_op_fixtures.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from superanimal_jax import anchors as A
+from superanimal_jax.ops import anchors as A
 
 GOLDENS = ('detector_box_ops.npz',)  # Files recording the versions the goldens were made with (conftest).
 

@@ -1,6 +1,6 @@
 """Training augmentation against albumentations 1.4.3 as DeepLabCut 3.0.2 builds it.
 
-Goldens: ``convert/make_augment_fixtures.py`` (``tests/fixtures/augment_golden.npz``).  OpenCV
+Goldens: ``tests/reference/make_augment_fixtures.py`` (``tests/fixtures/augment_golden.npz``).  OpenCV
 does the pixel work on both sides (warpAffine, copyMakeBorder) and the float64 coordinate
 arithmetic is the same sequence of operations, so images match by sha256 and keypoints, boxes
 and the rotation matrix to the bit: the live reference test asserts exactly that.  Against the
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from superanimal_jax import augment as aug
-from superanimal_jax.pose import normalize_crops
+from superanimal_jax.transforms import augment as aug
+from superanimal_jax.models.pose import normalize_crops
 from conftest import run_reference_script
 
 GOLDENS = ('augment_golden.npz',)  # Files recording the versions the goldens were made with (conftest).

@@ -1,4 +1,4 @@
-"""Box arithmetic against torchvision goldens (``convert/make_box_op_fixtures.py``)."""
+"""Box arithmetic against torchvision goldens (``tests/reference/make_box_op_fixtures.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from superanimal_jax import boxes as B
+from superanimal_jax.ops import boxes as B
 
 GOLDENS = ('detector_box_ops.npz',)  # Files recording the versions the goldens were made with (conftest).
 

@@ -11,10 +11,10 @@ import torch
 
 import superanimal_jax
 from superanimal_jax import cli
-from superanimal_jax.conversion import ConversionError, convert_state_dict, flatten
-from superanimal_jax.converter import convert_pose_file, pose_rules, sha256
-from superanimal_jax.pose import POSE_VARIANTS, variables_shape
-from superanimal_jax.torch_file import CheckpointError, UnsafeCheckpointError, read_checkpoint
+from superanimal_jax.checkpoints.rules import ConversionError, convert_state_dict, flatten
+from superanimal_jax.checkpoints.convert import convert_pose_file, pose_rules, sha256
+from superanimal_jax.models.pose import POSE_VARIANTS, variables_shape
+from superanimal_jax.checkpoints.torch_file import CheckpointError, UnsafeCheckpointError, read_checkpoint
 
 W32 = POSE_VARIANTS['hrnet_w32']
 SPEC_KEYS = Path(__file__).parents[2] / 'shared' / 'specs' / 'pose_hrnet_w32_state_dict.tsv'

@@ -1,5 +1,5 @@
 """Top-down crops against DeepLabCut 3.0.2's own ``top_down_crop`` (goldens from
-``convert/make_crop_fixtures.py``): windows, offsets, scales and the uint8 crops bit for bit."""
+``tests/reference/make_crop_fixtures.py``): windows, offsets, scales and the uint8 crops bit for bit."""
 
 import hashlib
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from superanimal_jax import crops
+from superanimal_jax.transforms import crops
 
 GOLDENS = ('crops_golden.npz',)  # Files recording the versions the goldens were made with (conftest).
 

@@ -1,7 +1,7 @@
 """The whole detector stage against DeepLabCut 3.0.2's own run: two 480x640 openfield frames
 (detected as one batch) and the same frames at 1280x720 and 1024x1024.
 
-Goldens: ``convert/make_detector_fixtures.py`` ran DeepLabCut's detector forward (torchvision
+Goldens: ``tests/reference/make_detector_fixtures.py`` ran DeepLabCut's detector forward (torchvision
 0.29, torch 2.15 CPU) on the same synthetic weights and kept its RPN proposals, box-predictor
 outputs and detections.  Parity is checked stage by stage: proposals as a set, class logits for
 the reference's own proposals, then the final detections.
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from superanimal_jax import roi_align, synthetic
-from superanimal_jax.boxes import pairwise_iou
-from superanimal_jax.detector import Detector
+from superanimal_jax.ops import roi_align
+from superanimal_jax.checkpoints import synthetic
+from superanimal_jax.ops.boxes import pairwise_iou
+from superanimal_jax.models.detector import Detector
 
 GOLDENS = ('detector_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
 
@@ -75,7 +76,7 @@ def test_proposals_are_the_same_set(detected, golden, frame):
 def test_roi_features_and_logits_for_the_reference_proposals(detector, golden, frames_of, frame):
     """RoI features pooled from our FPN for the reference's own proposals, and the box head's
     outputs on them."""
-    from superanimal_jax.fpn import LEVELS
+    from superanimal_jax.nn.fpn import LEVELS
 
     images, size = detector.preprocess(frames_of[frame])
     taps = detector.features(images)

@@ -1,5 +1,5 @@
 """The detector's networks (ResNet-50 + FPN, RPN head, box head) against torchvision, and the
-detector converter.  Goldens: ``convert/make_detector_fixtures.py`` (DeepLabCut 3.0.2 reference
+detector converter.  Goldens: ``tests/reference/make_detector_fixtures.py`` (DeepLabCut 3.0.2 reference
 environment), on synthetic weights regenerated here bit for bit."""
 
 import jax
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from superanimal_jax import synthetic
-from superanimal_jax.conversion import ConversionError, convert_state_dict, flatten
-from superanimal_jax.converter import detector_rules
-from superanimal_jax.detector import DetectorNetwork, variables_shape
+from superanimal_jax.checkpoints import synthetic
+from superanimal_jax.checkpoints.rules import ConversionError, convert_state_dict, flatten
+from superanimal_jax.checkpoints.convert import detector_rules
+from superanimal_jax.models.detector import DetectorNetwork, variables_shape
 
 GOLDENS = ('detector_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from superanimal_jax.conversion import flatten
-from superanimal_jax.converter import pose_rules
-from superanimal_jax.model import PoseEstimator
-from superanimal_jax.pose import POSE_VARIANTS, PoseNetwork, decode_heatmaps, variables_shape
+from superanimal_jax.checkpoints.rules import flatten
+from superanimal_jax.checkpoints.convert import pose_rules
+from superanimal_jax.inference.model import PoseEstimator
+from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork, decode_heatmaps, variables_shape
 
 GOLDENS = ('pose_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
 

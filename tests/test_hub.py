@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import superanimal_jax
-from superanimal_jax import hub
+from superanimal_jax.checkpoints import hub
 from superanimal_jax.cli import main as cli
 
 COMMIT = '0123456789abcdef0123456789abcdef01234567'

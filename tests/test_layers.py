@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from superanimal_jax.conversion import conv_kernel, linear_kernel, transposed_conv_1x1_kernel
-from superanimal_jax.layers import batch_norm, conv, upsample_nearest
-from superanimal_jax.pose import HeatmapHead
+from superanimal_jax.checkpoints.rules import conv_kernel, linear_kernel, transposed_conv_1x1_kernel
+from superanimal_jax.nn.layers import batch_norm, conv, upsample_nearest
+from superanimal_jax.models.pose import HeatmapHead
 
 RNG = np.random.default_rng(0)
 

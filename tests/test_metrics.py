@@ -1,5 +1,5 @@
 """Evaluation metrics against DeepLabCut 3.0.2's own ``compute_metrics`` (goldens from
-``convert/make_metric_fixtures.py``): every metric bit for bit (OKS matrices to 4 ulp: numpy's
+``tests/reference/make_metric_fixtures.py``): every metric bit for bit (OKS matrices to 4 ulp: numpy's
 float64 kernels differ in the last bit between CPUs), plus properties and input checks.
 
 The ``reference`` test reruns the fixture script live in ``.ref/`` (about 15 s) and compares both
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, run_reference_script
-from superanimal_jax import metrics
+from superanimal_jax.training import metrics
 
 GOLDENS = ('metrics_golden.npz',)  # Files recording the versions the goldens were made with (conftest).
 

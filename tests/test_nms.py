@@ -1,4 +1,4 @@
-"""NMS against torchvision goldens (``convert/make_box_op_fixtures.py``, torchvision 0.29 CPU)."""
+"""NMS against torchvision goldens (``tests/reference/make_box_op_fixtures.py``, torchvision 0.29 CPU)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from superanimal_jax.nms import batched_nms, float32_threshold, nms
+from superanimal_jax.ops.nms import batched_nms, float32_threshold, nms
 
 GOLDENS = ('detector_box_ops.npz',)  # Files recording the versions the goldens were made with (conftest).
 

@@ -208,8 +208,8 @@ def test_two_processes_of_4_devices_match_one_process_of_8(runs, eight_devices):
 # ----------------------------------------------------------------------------- In this process
 
 def test_bfloat16_policy_outputs_in_compute_dtype_params_float32(tmp_path):
-    from superanimal_jax.detector import DetectorNetwork
-    from superanimal_jax.detector import variables_shape as detector_shape
+    from superanimal_jax.models.detector import DetectorNetwork
+    from superanimal_jax.models.detector import variables_shape as detector_shape
 
     path = write_tiny_model(tmp_path / 'model', seed=1, bias_std=0.05)
     model = superanimal_jax.load(path, dtype='bfloat16')
@@ -233,8 +233,8 @@ def test_bfloat16_policy_outputs_in_compute_dtype_params_float32(tmp_path):
 def test_bfloat16_training_keeps_float32_state():
     import optax
 
-    from superanimal_jax.pose import POSE_VARIANTS, PoseNetwork
-    from superanimal_jax.train import init_state, make_train_step
+    from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork
+    from superanimal_jax.training.loop import init_state, make_train_step
 
     config = POSE_VARIANTS['hrnet_tiny']
     network = PoseNetwork(config, dtype=jnp.bfloat16)
@@ -302,8 +302,8 @@ def test_initialize_reads_flags_then_env(monkeypatch):
 
 
 def test_batches_must_split_over_devices_and_processes(tiny_model_dir, tmp_path):
-    from superanimal_jax.train import train
-    from superanimal_jax.train_data import DataConfig, Item, TrainData
+    from superanimal_jax.training.loop import train
+    from superanimal_jax.training.data import DataConfig, Item, TrainData
 
     from conftest import OPENFIELD_PROJECT
 

@@ -1,6 +1,6 @@
 """Parity with DeepLabCut 3.0.2's PoseModel at every named tap, from committed goldens.
 
-The goldens (``tests/fixtures/pose_golden*.npz``) were recorded by ``convert/make_pose_fixtures.py``
+The goldens (``tests/fixtures/pose_golden*.npz``) were recorded by ``tests/reference/make_pose_fixtures.py``
 running the real DeepLabCut/timm model on the same synthetic weights, which the ``pose_state``
 fixture regenerates bit for bit and ``pose_model_dir`` converts from the DeepLabCut 3 file.
 Intermediate taps are stored at every ``subsample``-th row and column (with each tap's full

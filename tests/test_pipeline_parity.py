@@ -1,6 +1,6 @@
 """End to end against DeepLabCut 3.0.2's own SuperAnimal inference, same synthetic weights.
 
-Goldens (``convert/make_pipeline_fixtures.py``, see ``tests/fixtures/README.md``): DeepLabCut's
+Goldens (``tests/reference/make_pipeline_fixtures.py``, see ``tests/fixtures/README.md``): DeepLabCut's
 ``video_inference_superanimal`` on an 8-frame openfield clip (its ``.h5`` and ``.json`` as it
 wrote them) and its image API on four labeled openfield frames.  We run ``analyze_video`` /
 ``analyze_images`` on the same inputs and compare files and numbers: layout and index exactly,
@@ -17,10 +17,10 @@ import pytest
 
 from conftest import FIXTURES, run_reference_script
 from superanimal_jax import Detector, PoseEstimator, SuperAnimalModel
-from superanimal_jax.analyze import analyze_images, analyze_video
-from superanimal_jax.conversion import convert_state_dict
-from superanimal_jax.converter import pose_rules
-from superanimal_jax.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
+from superanimal_jax.analysis.analyze import analyze_images, analyze_video
+from superanimal_jax.checkpoints.rules import convert_state_dict
+from superanimal_jax.checkpoints.convert import pose_rules
+from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
 
 GOLDENS = ('pipeline/manifest.json',)  # Files recording the versions the goldens were made with (conftest).
 

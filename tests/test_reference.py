@@ -2,7 +2,7 @@
 
     .venv/bin/python -m pytest -m reference -s
 
-Runs ``convert/make_pose_fixtures.py --full`` in the reference environment: the real PoseModel,
+Runs ``tests/reference/make_pose_fixtures.py --full`` in the reference environment: the real PoseModel,
 fresh synthetic weights written by the reference torch in both released formats, six real
 openfield crops and two random inputs, every tap in full (no subsampling).  We then convert the
 files the reference wrote and compare.  Takes about 5 minutes on 2 cores.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import superanimal_jax
-from superanimal_jax.conversion import flatten
+from superanimal_jax.checkpoints.rules import flatten
 from pose_parity import check_float64, check_keypoints, check_taps, golden_inputs
 from conftest import run_reference_script
 

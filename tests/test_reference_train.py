@@ -2,7 +2,7 @@
 
     .venv/bin/python -m pytest -m reference tests/test_reference_train.py -s
 
-Runs ``convert/make_train_fixtures.py --full`` in the reference environment (``.ref/``): DeepLabCut's
+Runs ``tests/reference/make_train_fixtures.py --full`` in the reference environment (``.ref/``): DeepLabCut's
 own dataset, targets, loss, gradients and three AdamW steps, float32 and float64, with every
 parameter leaf kept whole (~430 MB in a temporary folder), then the checks of
 ``test_train_parity.py`` on all of it instead of the committed subsets.  About 10 minutes on 2 cores.

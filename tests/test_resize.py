@@ -1,6 +1,6 @@
 """The detector's preprocessing against torchvision and DeepLabCut, bit for bit.
 
-Goldens: ``convert/make_resize_fixtures.py`` (DeepLabCut 3.0.2 + torchvision 0.29 reference env).
+Goldens: ``tests/reference/make_resize_fixtures.py`` (DeepLabCut 3.0.2 + torchvision 0.29 reference env).
 The bilinear resize is also compared live with ``torch.nn.functional.interpolate``.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import FIXTURES
-from superanimal_jax import resize
+from superanimal_jax.transforms import detector_input as resize
 
 GOLDENS = ('detector_resize.npz',)  # Files recording the versions the goldens were made with (conftest).
 

@@ -1,6 +1,6 @@
 """RoIAlign, LevelMapper and MultiScaleRoIAlign against torchvision, bit for bit.
 
-Goldens: ``convert/make_roi_align_fixtures.py`` (torchvision 0.29.2 on CPU, in the reference
+Goldens: ``tests/reference/make_roi_align_fixtures.py`` (torchvision 0.29.2 on CPU, in the reference
 environment); the feature maps are regenerated here from their seeds and checked by sha256.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from superanimal_jax import roi_align as ra
+from superanimal_jax.ops import roi_align as ra
 
 GOLDENS = ('detector_roi_align.npz',)  # Files recording the versions the goldens were made with (conftest).
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from superanimal_jax.torch_file import CheckpointError, UnsafeCheckpointError, read_checkpoint
+from superanimal_jax.checkpoints.torch_file import CheckpointError, UnsafeCheckpointError, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,5 +227,5 @@ def test_missing_file(tmp_path):
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, superanimal_jax.torch_file; sys.exit('torch' in sys.modules)"
+    code = "import sys, superanimal_jax.checkpoints.torch_file; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

@@ -19,13 +19,13 @@ import pytest
 
 import superanimal_jax
 from superanimal_jax import cli
-from superanimal_jax.augment import TrainAugmentation
-from superanimal_jax.conversion import flatten
-from superanimal_jax.project import ProjectError, read_project
-from superanimal_jax.targets import heatmap_targets, weighted_mse
-from superanimal_jax.train import (NonFiniteLossError, TrainConfig, evaluate, init_variables, lr_schedule, make_items,
+from superanimal_jax.transforms.augment import TrainAugmentation
+from superanimal_jax.checkpoints.rules import flatten
+from superanimal_jax.training.project import ProjectError, read_project
+from superanimal_jax.training.targets import heatmap_targets, weighted_mse
+from superanimal_jax.training.loop import (NonFiniteLossError, TrainConfig, evaluate, init_variables, lr_schedule, make_items,
                                    make_task, train)
-from superanimal_jax.train_data import DataConfig, Item, TrainData
+from superanimal_jax.training.data import DataConfig, Item, TrainData
 
 from conftest import OPENFIELD_PROJECT, write_tiny_model
 
@@ -93,7 +93,7 @@ def test_split_is_deterministic_and_round_trips():
     a, b = project.split(0.5, seed=3), project.split(0.5, seed=3)
     assert a == b and len(a.test) == 3 and sorted(a.train + a.test) == list(range(6))
     assert project.split(0.5, seed=4) != a
-    from superanimal_jax.project import Split
+    from superanimal_jax.training.project import Split
 
     assert Split.from_json(json.loads(json.dumps(a.to_json(project))), project) == a
 
@@ -180,7 +180,7 @@ def test_modes_build_the_heads_deeplabcut_builds(pose_model_dir):
 def test_evaluation_matches_bodyparts_by_name_or_conversion_table():
     import dataclasses
 
-    from superanimal_jax.train import evaluation_task
+    from superanimal_jax.training.loop import evaluation_task
 
     project = read_project(OPENFIELD_PROJECT)
     sa = evaluation_task(project, superanimal_jax.TOPVIEWMOUSE_KEYPOINTS)
@@ -264,7 +264,7 @@ WORKER = textwrap.dedent(f'''
     import os, signal, sys
     import jax
     jax.config.update('jax_default_matmul_precision', 'highest')
-    from superanimal_jax.train import TrainConfig, train
+    from superanimal_jax.training.loop import TrainConfig, train
     project, model, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     first = []
     def hook(step, metrics):

@@ -1,4 +1,4 @@
-"""One fine-tuning step against DeepLabCut 3.0.2's own (goldens from ``convert/make_train_fixtures.py``).
+"""One fine-tuning step against DeepLabCut 3.0.2's own (goldens from ``tests/reference/make_train_fixtures.py``).
 
 The reference ran DeepLabCut's real path on the openfield project in conversion-table mode:
 ``create_training_dataset`` + ``build_weight_init`` + ``PoseModel.build`` (the synthetic
@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 
 import superanimal_jax
-from superanimal_jax.conversion import conv_kernel, convert_state_dict, flatten, transposed_conv_1x1_kernel
-from superanimal_jax.converter import pose_rules
-from superanimal_jax.pose import POSE_VARIANTS, PoseNetwork, variables_shape
-from superanimal_jax.project import read_project
-from superanimal_jax.targets import heatmap_targets
-from superanimal_jax.train import (TrainConfig, init_state, init_variables, make_items, make_optimizer, make_task,
+from superanimal_jax.checkpoints.rules import conv_kernel, convert_state_dict, flatten, transposed_conv_1x1_kernel
+from superanimal_jax.checkpoints.convert import pose_rules
+from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork, variables_shape
+from superanimal_jax.training.project import read_project
+from superanimal_jax.training.targets import heatmap_targets
+from superanimal_jax.training.loop import (TrainConfig, init_state, init_variables, make_items, make_optimizer, make_task,
                                    make_train_step)
-from superanimal_jax.train_data import DataConfig, TrainData
+from superanimal_jax.training.data import DataConfig, TrainData
 
 from conftest import FIXTURES, OPENFIELD_PROJECT
 

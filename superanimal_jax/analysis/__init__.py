@@ -1,0 +1,1 @@
+"""End-to-end analysis of videos and images, labeled videos and plots."""

@@ -1,0 +1,110 @@
+"""The converted model directory: one orbax checkpoint per network plus ``metadata.json``.
+
+::
+
+    DIR/metadata.json   format version, converter version, per network: variant, keypoint
+                        names, source file name + sha256, what was ignored and why; licence
+    DIR/pose/           orbax checkpoint of {'params': ..., 'batch_stats': ...}
+
+Directories are written under a temporary name and renamed into place, so a crash never leaves
+a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from superanimal_jax.models.pose import TOPVIEWMOUSE_KEYPOINTS, PoseConfig
+
+FORMAT_VERSION = 1
+METADATA = 'metadata.json'
+
+LICENCE_NOTICE = (
+    'Converted from the SuperAnimal-TopViewMouse weights released by the DeepLabCut team. '
+    'The weights keep their original licence: non-commercial use only, no use intended to harm '
+    'animals, and cite Ye et al., "SuperAnimal pretrained pose estimation models for behavioral '
+    'analysis", Nature Communications (2024). The superanimal-jax code licence does not apply '
+    'to them.')
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing, incomplete or of an unknown format."""
+
+
+def default_keypoints(config: PoseConfig) -> tuple[str, ...]:
+    if config.num_keypoints == len(TOPVIEWMOUSE_KEYPOINTS):
+        return TOPVIEWMOUSE_KEYPOINTS
+    return tuple(f'keypoint{i}' for i in range(config.num_keypoints))
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """A checkpointer of this process alone: model directories are read by every process on its
+    own and written by one (in a multi-process run, process 0), without cross-process barriers."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}))
+
+
+def write(out: str | os.PathLike, networks: dict[str, dict], sections: dict[str, dict], *,
+          overwrite: bool = False) -> Path:
+    """Write ``networks`` (name -> variable tree) and their metadata sections to ``out``."""
+    from superanimal_jax import __version__
+
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f'{out} already exists; pass overwrite=True (--overwrite) to replace it')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.partial-', dir=out.parent))
+    try:
+        checkpointer = _checkpointer()
+        for name, variables in networks.items():
+            checkpointer.save(staging / name, jax.tree_util.tree_map(np.asarray, variables))
+        checkpointer.wait_until_finished()
+        metadata = {'format_version': FORMAT_VERSION, 'converter_version': __version__,
+                    'licence': LICENCE_NOTICE, **sections}
+        (staging / METADATA).write_text(json.dumps(metadata, indent=2) + '\n')
+        if out.exists():
+            old = out.with_name(f'.{out.name}.old-{os.getpid()}')
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirError(f'{path} is not a converted model directory (no such directory); '
+                            f'make one with `superanimal-jax convert`')
+    try:
+        metadata = json.loads((path / METADATA).read_text())
+    except FileNotFoundError:
+        raise ModelDirError(f'{path} has no {METADATA}: not a converted model directory') from None
+    except json.JSONDecodeError as err:
+        raise ModelDirError(f'{path / METADATA} is not valid JSON: {err}') from None
+    version = metadata.get('format_version')
+    if version != FORMAT_VERSION:
+        raise ModelDirError(f'{path}: model directory format {version!r}, this superanimal-jax '
+                            f'reads format {FORMAT_VERSION}')
+    return metadata
+
+
+def read_variables(path: str | os.PathLike, name: str, abstract) -> dict:
+    """Restore network ``name`` into the structure of ``abstract`` (shape/dtype structs)."""
+    directory = Path(path).absolute() / name
+    if not directory.is_dir():
+        raise ModelDirError(f'{Path(path)} has no {name!r} network')
+    return _checkpointer().restore(directory, abstract)

@@ -1,0 +1,1 @@
+"""Compiled inference: the pose and detector runtimes, the top-down pipeline, ``load``."""

@@ -1,0 +1,1 @@
+"""Files: videos, result files, images, atomic writes."""

@@ -1,0 +1,1 @@
+"""Network building blocks in Flax: conv/BatchNorm layers, ResNet, HRNet, FPN."""

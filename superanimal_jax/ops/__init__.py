@@ -1,0 +1,1 @@
+"""Box operations as pure, jittable functions: boxes, anchors, NMS, RoIAlign, float32 emulation."""

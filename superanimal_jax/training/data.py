@@ -1,0 +1,254 @@
+"""Training batches for top-down fine-tuning, made as DeepLabCut's ``PoseDataset`` makes them.
+
+One training item is one labelled individual of one frame.  For each item, in DeepLabCut's
+order (``PoseDataset.__getitem__``, top-down branch):
+
+1. the frame, uint8 RGB, and the individual's keypoints ``(K, 3)`` in frame pixels (``v = 2``
+   labelled, ``0`` not labelled, ``-1`` masked pseudo-label);
+2. its box from the keypoints with ``v > 0``: min/max widened by ``bbox_margin``, clipped to the
+   frame, COCO ``x, y, w, h`` (DeepLabCut computes it when the labels are loaded, before
+   augmentation);
+3. the augmentation of the *full frame* with keypoints and box (:mod:`superanimal_jax.transforms.augment`),
+   normalised to float32;
+4. the box truncated to integers, then the same square crop with context as at inference
+   (:mod:`superanimal_jax.transforms.crops`), but from the normalised frame, so padding is 0 in normalised
+   space (the mean colour) rather than black;
+5. keypoints into the crop, ``(p - offset) / scale``; those outside ``[0, 256]`` get ``v = 0``; a
+   box augmented out of the frame gives a blank crop with every ``v = 0``;
+6. Gaussian targets and weights (:mod:`superanimal_jax.training.targets`).
+
+Why our own loader rather than grain: a DeepLabCut project is a few hundred frames, so an epoch
+is a permutation of item indices.  We make each epoch's order a pure function of ``(seed,
+epoch)`` and each item's augmentation a pure function of ``(seed, epoch, position)``; the whole
+iterator state is two integers (JSON, saved with every orbax checkpoint), and a resumed run sees
+exactly the batches an uninterrupted one would.  Items are prepared by a thread pool (OpenCV releases
+the GIL) several batches ahead of the device.
+
+Batches have a fixed size: DeepLabCut's loader keeps the last, smaller batch of an epoch
+(``drop_last=False``); we fill it with blank items whose weights are all 0, which adds nothing to
+the loss sum or to the count of non-zero weights, so loss and gradients are those of the smaller
+batch and one compiled step serves every batch.
+
+With several processes (multi-host training) each process prepares only its block of every
+global batch: process ``p`` of ``P`` makes rows ``p * B/P .. (p + 1) * B/P``; the blocks are
+joined into the global batch on the devices (:func:`superanimal_jax.parallel.global_batch`).
+Order and augmentation depend on global positions only, so the global batch is the same whatever
+the number of processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import math
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from superanimal_jax.transforms import crops as crops_lib
+from superanimal_jax.transforms.augment import TrainAugmentation, augment
+from superanimal_jax.training.targets import heatmap_targets
+
+
+def load_rgb(path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f'{path}: cannot read the image')
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def bbox_from_keypoints(keypoints: np.ndarray, height: int, width: int, margin: float) -> np.ndarray:
+    """DeepLabCut's ``bbox_from_keypoints`` for one individual ``(K, 3)``: COCO xywh float64,
+    zeros if no keypoint has ``v > 0``."""
+    visible = keypoints[:, 2] > 0
+    if not visible.any():
+        return np.zeros(4)
+    xy = keypoints[visible, :2]
+    box = np.concatenate([xy.min(axis=0) - margin, xy.max(axis=0) + margin])
+    box = np.clip(box, 0, [width, height, width, height])
+    return np.concatenate([box[:2], box[2:] - box[:2]])
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One training item: a frame and one individual's ``(K, 3)`` keypoints in frame pixels."""
+
+    image: str
+    keypoints: np.ndarray
+
+
+def crop_item(image: np.ndarray, keypoints: np.ndarray, bbox: np.ndarray, *,
+              crop_size: tuple[int, int] = (256, 256), margin: int = 0) -> dict[str, np.ndarray]:
+    """Steps 4-5 on an augmented, normalised frame: the float32 crop, keypoints in the crop,
+    and the crop's offset and scale (``frame = crop * scale + offset``)."""
+    keypoints = np.array(keypoints, np.float64)
+    box = np.asarray(bbox).astype(int)  # DeepLabCut truncates the (augmented) box.
+    if box[2] == 0 or box[3] == 0:
+        keypoints[:, 2] = 0
+        return {'image': np.zeros((crop_size[1], crop_size[0], image.shape[2]), image.dtype),
+                'keypoints': keypoints, 'offsets': np.zeros(2), 'scales': np.ones(2)}
+    box = box + np.array([-margin, -margin, 2 * margin, 2 * margin])
+    window = crops_lib.crop_windows(box[None], crop_size)[0]
+    crop = crops_lib.crop(image, window, crop_size)
+    scales, offsets = crops_lib.scales_and_offsets(window[None], crop_size)
+    keypoints[:, :2] = (keypoints[:, :2] - offsets[0]) / scales[0]
+    out = (keypoints[:, 2] > 0) & (np.isnan(keypoints[:, :2]).any(axis=1) | (keypoints[:, 0] < 0)
+                                   | (keypoints[:, 0] > crop_size[0]) | (keypoints[:, 1] < 0)
+                                   | (keypoints[:, 1] > crop_size[1]))
+    keypoints[out, 2] = 0
+    return {'image': crop, 'keypoints': keypoints, 'offsets': offsets[0], 'scales': scales[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """DeepLabCut's SuperAnimal fine-tuning data settings (``hrnet_w32.yaml`` + 3.0.2 defaults)."""
+
+    batch_size: int = 1
+    bbox_margin: int = 25
+    crop_size: tuple[int, int] = (256, 256)
+    crop_margin: int = 0
+    stride: int = 4
+    augmentation: TrainAugmentation = TrainAugmentation()
+    workers: int = 2
+    prefetch: int = 2
+
+
+class TrainData:
+    """Deterministic, resumable batches of ``items`` (see the module docstring).
+
+    ``read_image(path) -> uint8 RGB``; frames are cached in memory once read.  With
+    ``process_count > 1``, :meth:`batch` returns this process's rows of each global batch.
+    """
+
+    def __init__(self, items: list[Item], config: DataConfig = DataConfig(), *, seed: int = 42,
+                 read_image: Callable[[str], np.ndarray] = load_rgb, process_index: int = 0,
+                 process_count: int = 1):
+        if not items:
+            raise ValueError('no training items: every frame of the training split is unlabelled')
+        if config.batch_size < 1:
+            raise ValueError(f'batch_size must be >= 1, got {config.batch_size}')
+        if config.batch_size % process_count:
+            raise ValueError(f'batch size {config.batch_size} does not split over {process_count} processes')
+        if not 0 <= process_index < process_count:
+            raise ValueError(f'process index {process_index} is not in 0..{process_count - 1}')
+        self.items, self.config, self.seed = list(items), config, seed
+        self.process_index, self.process_count = process_index, process_count
+        self._read_image = read_image
+        self._frames: dict[str, np.ndarray] = {}
+        self.num_keypoints = int(self.items[0].keypoints.shape[0])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.items) / self.config.batch_size)
+
+    def frame(self, path: str) -> np.ndarray:
+        if path not in self._frames:
+            self._frames[path] = self._read_image(path)
+        return self._frames[path]
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The item order of ``epoch``: a permutation drawn from ``(seed, epoch)``."""
+        return np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.items))
+
+    def sample(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+        """One item through steps 2-5 (no augmentation when ``rng`` is None)."""
+        item = self.items[index]
+        image = self.frame(item.image)
+        h, w = image.shape[:2]
+        keypoints = np.array(item.keypoints, np.float64)
+        bbox = bbox_from_keypoints(keypoints, h, w, self.config.bbox_margin)
+        aug = self.config.augmentation if rng is not None else TrainAugmentation.off()
+        image, xy, visible, boxes = augment(aug, rng if rng is not None else np.random.default_rng(0),
+                                            image, np.where(keypoints[:, 2:] > 0, keypoints[:, :2], np.nan),
+                                            bbox[None])
+        keypoints[:, :2] = np.where(keypoints[:, 2:] > 0, xy, keypoints[:, :2])
+        keypoints[~visible & (keypoints[:, 2] > 0), 2] = 0
+        return crop_item(image, keypoints, boxes[0], crop_size=self.config.crop_size,
+                         margin=self.config.crop_margin)
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.config.batch_size // self.process_count
+
+    def batch(self, epoch: int, step: int, *, augment_items: bool = True) -> dict[str, np.ndarray]:
+        """Batch ``step`` (0-based, within the epoch) of ``epoch``, padded to the batch size (this
+        process's rows of it)."""
+        first = step * self.config.batch_size + self.process_index * self.local_batch_size
+        positions = range(first, min(first + self.local_batch_size, len(self.items)))
+        order = self.order(epoch)
+        samples = list(self._pool().map(
+            lambda p: self.sample(int(order[p]), np.random.default_rng([self.seed, 1, epoch, p])
+                                  if augment_items else None), positions))
+        return self.collate(samples, self.local_batch_size)
+
+    def collate(self, samples: list[dict], size: int | None = None) -> dict[str, np.ndarray]:
+        """``size`` rows (default: the batch size): ``samples``, then blank items."""
+        size = self.config.batch_size if size is None else size
+        (cw, ch), k = self.config.crop_size, self.num_keypoints
+        images = np.zeros((size, ch, cw, 3), np.float32)
+        keypoints = np.zeros((size, k, 3))
+        for i, s in enumerate(samples):
+            images[i], keypoints[i] = s['image'], s['keypoints']
+        stride = self.config.stride
+        targets, weights = heatmap_targets(keypoints, (ch // stride, cw // stride), stride)
+        weights[len(samples):] = 0  # Padding items: no loss, no count.
+        return {'image': images, 'targets': targets, 'weights': weights}
+
+    def _pool(self) -> concurrent.futures.Executor:
+        if not hasattr(self, '_executor'):
+            self._executor = concurrent.futures.ThreadPoolExecutor(max(1, self.config.workers))
+        return self._executor
+
+    def close(self) -> None:
+        if hasattr(self, '_executor'):
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            del self._executor
+
+    def iterator(self, state: dict | None = None, *, num_epochs: int | None = None) -> TrainIterator:
+        return TrainIterator(self, state, num_epochs=num_epochs)
+
+
+class TrainIterator:
+    """Batches in order from ``{'epoch': e, 'step': s}``; :meth:`get_state` is the position of the
+    next batch to be returned, so saving it with a checkpoint resumes exactly."""
+
+    def __init__(self, data: TrainData, state: dict | None = None, *, num_epochs: int | None = None):
+        self.data, self.num_epochs = data, num_epochs
+        state = state or {'epoch': 0, 'step': 0}
+        self.epoch, self.step = int(state['epoch']), int(state['step'])
+        self._pending: collections.deque = collections.deque()
+        self._next = (self.epoch, self.step)
+        self._background = concurrent.futures.ThreadPoolExecutor(1)
+
+    def get_state(self) -> dict:
+        return {'epoch': self.epoch, 'step': self.step}
+
+    def _advance(self, position):
+        epoch, step = position
+        step += 1
+        return (epoch + 1, 0) if step >= self.data.steps_per_epoch else (epoch, step)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        while len(self._pending) < 1 + self.data.config.prefetch:
+            epoch, step = self._next
+            if self.num_epochs is not None and epoch >= self.num_epochs:
+                break
+            self._pending.append(((epoch, step), self._background.submit(self.data.batch, epoch, step)))
+            self._next = self._advance(self._next)
+        if not self._pending:
+            raise StopIteration
+        (epoch, step), future = self._pending.popleft()
+        batch = future.result()
+        batch['epoch'], batch['epoch_step'] = epoch, step
+        self.epoch, self.step = self._advance((epoch, step))
+        return batch
+
+    def close(self) -> None:
+        for _, future in self._pending:
+            future.cancel()
+        self._background.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,1 @@
+"""Image transforms: detector input, top-down crops, normalisation, training augmentation."""
