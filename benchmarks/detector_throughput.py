@@ -27,15 +27,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'convert'))
-
-from _common import describe, side_by_side, timed, write_report  # noqa: E402
+sys.path.insert(0, str(ROOT / 'tests' / 'reference'))
 
 from superanimal_jax import normalize_crops  # noqa: E402
-from superanimal_jax.checkpoints import synthetic
-from superanimal_jax.checkpoints.rules import convert_state_dict  # noqa: E402
-from superanimal_jax.checkpoints.convert import detector_rules  # noqa: E402
-from superanimal_jax.models.detector import Detector, variables_shape  # noqa: E402
+from superanimal_jax.checkpoints import synthetic  # noqa: E402
+from superanimal_jax.checkpoints.convert import convert_detector_state  # noqa: E402
+from superanimal_jax.inference.detector import Detector  # noqa: E402
+
+from _common import describe, side_by_side, timed, write_report  # noqa: E402
 
 FIXTURES = ROOT / 'tests' / 'fixtures'
 
@@ -54,12 +53,12 @@ def main() -> None:
     args = parser.parse_args()
 
     state = synthetic_state()
-    ignore, rules = detector_rules()
-    variables = convert_state_dict(state, rules, ignore, variables_shape())[0]
+    variables = convert_detector_state(state)[0]
     try:
         import torch
-        from _reference import superanimal_config
         from deeplabcut.pose_estimation_pytorch.models.detectors import DETECTORS
+
+        from _reference import superanimal_config
     except ImportError:
         print('DeepLabCut not importable: measuring superanimal-jax only')
         reference = None

@@ -23,21 +23,19 @@ from pathlib import Path
 
 import jax
 
-from superanimal_jax.checkpoints import model_dir
-from superanimal_jax.checkpoints import synthetic
-from superanimal_jax.checkpoints.rules import convert_state_dict
-from superanimal_jax.checkpoints.convert import pose_rules
-from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
-from superanimal_jax.training.loop import TrainConfig, train
+from superanimal_jax.checkpoints import model_dir, synthetic
+from superanimal_jax.checkpoints.convert import convert_pose_state
+from superanimal_jax.constants import TOPVIEWMOUSE_KEYPOINTS
+from superanimal_jax.training.config import TrainConfig
+from superanimal_jax.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ROOT.parent / 'shared' / 'data' / 'openfield'
 
 
 def synthetic_model(path: Path) -> Path:
-    config = POSE_VARIANTS['hrnet_w32']
     state = synthetic.fixture_state(ROOT / 'tests' / 'fixtures', 'pose')
-    variables, _ = convert_state_dict(state, *reversed(pose_rules(config)), variables_shape(config))
+    variables, _ = convert_pose_state(state)
     return model_dir.write(path, {'pose': variables}, {'pose': {
         'variant': 'hrnet_w32', 'num_keypoints': 27, 'stride': 4, 'keypoints': list(TOPVIEWMOUSE_KEYPOINTS),
         'source': {'file': 'synthetic (tests/fixtures/pose_manifest.json)'}}}, overwrite=True)

@@ -26,15 +26,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'convert'))
+sys.path.insert(0, str(ROOT / 'tests' / 'reference'))
 
-from _common import describe, side_by_side, timed, write_report  # noqa: E402
 from make_pipeline_fixtures import VIDEO, state  # noqa: E402
 
 import superanimal_jax  # noqa: E402
-from superanimal_jax.transforms import crops  # noqa: E402
-from superanimal_jax.checkpoints import synthetic
 from superanimal_jax.analysis.analyze import analyze_video  # noqa: E402
+from superanimal_jax.checkpoints import synthetic  # noqa: E402
+from superanimal_jax.transforms import crops  # noqa: E402
+
+from _common import describe, side_by_side, timed, write_report  # noqa: E402
 
 
 def clip(path: Path, frames: int) -> Path:

@@ -28,11 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import describe, side_by_side, timed, write_report  # noqa: E402
+from superanimal_jax.checkpoints.convert import convert_pose_state  # noqa: E402
+from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork  # noqa: E402
 
-from superanimal_jax.checkpoints.rules import convert_state_dict  # noqa: E402
-from superanimal_jax.checkpoints.convert import pose_rules  # noqa: E402
-from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork, variables_shape  # noqa: E402
+from _common import describe, side_by_side, timed, write_report  # noqa: E402
 
 
 def deeplabcut_model():
@@ -55,8 +54,7 @@ def our_variables(state: dict[str, np.ndarray] | None):
     if state is None:  # No reference: random weights of the right shapes.
         net = PoseNetwork(config)
         return jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 256, 256, 3)))
-    ignore, rules = pose_rules(config)
-    return convert_state_dict(state, rules, ignore, variables_shape(config))[0]
+    return convert_pose_state(state)[0]
 
 
 def main() -> None:

@@ -27,16 +27,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import write_report  # noqa: E402
-
-from superanimal_jax.transforms import crops as crops_lib  # noqa: E402
 from superanimal_jax.checkpoints import synthetic  # noqa: E402
-from superanimal_jax.checkpoints.rules import convert_state_dict  # noqa: E402
-from superanimal_jax.checkpoints.convert import pose_rules  # noqa: E402
-from superanimal_jax.inference.model import PoseEstimator  # noqa: E402
-from superanimal_jax.models.pose import POSE_VARIANTS, decode_heatmaps, normalize_crops, variables_shape  # noqa: E402
+from superanimal_jax.checkpoints.convert import convert_pose_state  # noqa: E402
+from superanimal_jax.inference.pose import PoseEstimator  # noqa: E402
+from superanimal_jax.io.images import read_image  # noqa: E402
+from superanimal_jax.models.pose import POSE_VARIANTS, decode_heatmaps  # noqa: E402
+from superanimal_jax.training.data import bbox_from_keypoints  # noqa: E402
 from superanimal_jax.training.project import read_project  # noqa: E402
-from superanimal_jax.training.data import bbox_from_keypoints, load_rgb  # noqa: E402
+from superanimal_jax.transforms import crops as crops_lib  # noqa: E402
+from superanimal_jax.transforms.normalize import normalize_crops  # noqa: E402
+
+from _common import write_report  # noqa: E402
 
 PROJECT = ROOT.parent / 'shared' / 'data' / 'openfield'
 
@@ -46,7 +47,7 @@ def openfield_crops(limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     project = read_project(PROJECT, drop_unlabeled=True)
     crops, scales = [], []
     for f in range(len(project.images)):
-        image = load_rgb(project.image_path(f))
+        image = read_image(project.image_path(f))
         h, w = image.shape[:2]
         for i in range(len(project.individuals)):
             xy = project.keypoints[f, i]
@@ -78,7 +79,7 @@ def main() -> None:
     else:
         config = POSE_VARIANTS['hrnet_w32']
         state = synthetic.fixture_state(ROOT / 'tests' / 'fixtures', 'pose')
-        variables, _ = convert_state_dict(state, *reversed(pose_rules(config)), variables_shape(config))
+        variables, _ = convert_pose_state(state)
         weights = 'synthetic (tests/fixtures/pose_manifest.json)'
 
     crops, scales = openfield_crops(args.limit)

@@ -24,13 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _common import write_report
-
 from superanimal_jax import TOPVIEWMOUSE_KEYPOINTS
 from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork
-from superanimal_jax.training.project import read_project
-from superanimal_jax.training.loop import TrainConfig, init_state, make_items, make_optimizer, make_task, make_train_step
+from superanimal_jax.training.config import TrainConfig
 from superanimal_jax.training.data import DataConfig, TrainData
+from superanimal_jax.training.modes import make_items, make_task
+from superanimal_jax.training.optim import make_optimizer
+from superanimal_jax.training.project import read_project
+from superanimal_jax.training.step import init_state, make_train_step
+
+from _common import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ROOT.parent / 'shared' / 'data' / 'openfield'

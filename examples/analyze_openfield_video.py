@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 import superanimal_jax
-from superanimal_jax.checkpoints import synthetic
-from superanimal_jax.analysis.analyze import analyze_video
+from superanimal_jax import analyze_video, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO = ROOT.parent / 'shared' / 'data' / 'openfield' / 'videos' / 'm3v1mp4.mp4'
@@ -28,18 +26,8 @@ FIXTURES = ROOT / 'tests' / 'fixtures'
 
 def demo_model() -> superanimal_jax.SuperAnimalModel:
     """The test suite's synthetic pose and detector weights, converted in memory (no torch)."""
-    from superanimal_jax.checkpoints.rules import convert_state_dict
-    from superanimal_jax.checkpoints.convert import detector_rules, pose_rules
-    from superanimal_jax.models.detector import variables_shape as detector_shape
-    from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
-
-    states = {name: synthetic.fixture_state(FIXTURES, name) for name in ('pose', 'detector')}
-    config = POSE_VARIANTS['hrnet_w32']
-    pose, _ = convert_state_dict(states['pose'], *reversed(pose_rules(config)), variables_shape(config))
-    detector, _ = convert_state_dict(states['detector'], *reversed(detector_rules()), detector_shape())
-    return superanimal_jax.SuperAnimalModel(
-        pose=superanimal_jax.PoseEstimator(config, pose, keypoint_names=TOPVIEWMOUSE_KEYPOINTS),
-        metadata={'demo': 'synthetic weights'}, detector=superanimal_jax.Detector(detector))
+    return superanimal_jax.from_state_dicts(pose=synthetic.fixture_state(FIXTURES, 'pose'),
+                                            detector=synthetic.fixture_state(FIXTURES, 'detector'))
 
 
 def main() -> None:
@@ -56,9 +44,7 @@ def main() -> None:
     if args.model:
         model = superanimal_jax.load(args.model)
     elif args.weights:
-        from superanimal_jax.checkpoints import hub
-
-        model = superanimal_jax.load(hub.ensure_model(pose=args.weights[0], detector=args.weights[1]))
+        model = superanimal_jax.load(superanimal_jax.hub.ensure_model(pose=args.weights[0], detector=args.weights[1]))
     else:
         print('no --model or --weights: using synthetic demo weights (they do not find mice)')
         model = demo_model()

@@ -20,11 +20,7 @@ import cv2
 import numpy as np
 
 import superanimal_jax
-from superanimal_jax.checkpoints import synthetic
-from superanimal_jax.checkpoints.rules import convert_state_dict
-from superanimal_jax.checkpoints.convert import pose_rules
-from superanimal_jax.inference.model import PoseEstimator
-from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
+from superanimal_jax import PoseEstimator, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENFIELD = ROOT.parent / 'shared' / 'data' / 'openfield' / 'labeled-data' / 'm4s1'
@@ -33,10 +29,7 @@ OPENFIELD = ROOT.parent / 'shared' / 'data' / 'openfield' / 'labeled-data' / 'm4
 def demo_pose() -> PoseEstimator:
     """The test suite's synthetic weights, converted in memory (no torch needed)."""
     state = synthetic.fixture_state(ROOT / 'tests' / 'fixtures', 'pose')
-    config = POSE_VARIANTS['hrnet_w32']
-    ignore, rules = pose_rules(config)
-    variables, _ = convert_state_dict(state, rules, ignore, variables_shape(config))
-    return PoseEstimator(config, variables, keypoint_names=TOPVIEWMOUSE_KEYPOINTS)
+    return superanimal_jax.from_state_dicts(pose=state).pose
 
 
 def square_crop(image: np.ndarray, size: int = 256) -> tuple[np.ndarray, float, tuple[int, int]]:

@@ -1,23 +1,43 @@
-"""superanimal-jax: DeepLabCut's SuperAnimal-TopViewMouse pose model and detector in JAX/Flax."""
+"""superanimal-jax: DeepLabCut's SuperAnimal-TopViewMouse pose model and detector in JAX/Flax.
 
-__version__ = '0.1.0'
+The public API.  The package is laid out by concern (``docs/architecture.md``): ``nn`` and
+``models`` (networks), ``ops`` (box operations), ``transforms``, ``inference``, ``checkpoints``,
+``io``, ``analysis``, ``training``, plus ``parallel`` and ``cli``.
+"""
 
 from superanimal_jax import parallel
-from superanimal_jax.checkpoints import hub
 from superanimal_jax.analysis.analyze import analyze_images, analyze_video, analyze_videos
-from superanimal_jax.checkpoints.rules import ConversionError
+from superanimal_jax.checkpoints import hub, synthetic
 from superanimal_jax.checkpoints.convert import convert
-from superanimal_jax.models.detector import Detector
-from superanimal_jax.inference.model import PoseEstimator, SuperAnimalModel, load
-from superanimal_jax.checkpoints.model_dir import ModelDirError
-from superanimal_jax.models.pose import TOPVIEWMOUSE_KEYPOINTS, decode_heatmaps, normalize_crops
-from superanimal_jax.training.project import ProjectError, read_project
-from superanimal_jax.training.loop import TrainConfig, evaluate
+from superanimal_jax.constants import TOPVIEWMOUSE_KEYPOINTS
+from superanimal_jax.errors import (
+                                    CheckpointError,
+                                    ConversionError,
+                                    HubError,
+                                    ModelDirError,
+                                    NonFiniteLossError,
+                                    ProjectError,
+                                    SuperAnimalError,
+                                    TruncatedVideoWarning,
+                                    UnsafeCheckpointError,
+                                    VideoError,
+)
+from superanimal_jax.inference.detector import Detector
+from superanimal_jax.inference.model import SuperAnimalModel, from_state_dicts, load
+from superanimal_jax.inference.pose import PoseEstimator
+from superanimal_jax.models.pose import decode_heatmaps
+from superanimal_jax.training.config import TrainConfig
+from superanimal_jax.training.evaluation import evaluate
 from superanimal_jax.training.loop import train as fine_tune
+from superanimal_jax.training.project import read_project
+from superanimal_jax.transforms.augment import TrainAugmentation
+from superanimal_jax.transforms.normalize import normalize_crops
+from superanimal_jax.version import __version__
 
 __all__ = [
-    'ConversionError', 'Detector', 'ModelDirError', 'PoseEstimator', 'ProjectError', 'SuperAnimalModel',
-    'TOPVIEWMOUSE_KEYPOINTS', 'TrainConfig', '__version__', 'analyze_images', 'analyze_video', 'analyze_videos',
-    'convert', 'decode_heatmaps', 'evaluate', 'fine_tune', 'hub', 'load', 'normalize_crops', 'parallel',
-    'read_project',
+    'CheckpointError', 'ConversionError', 'Detector', 'HubError', 'ModelDirError', 'NonFiniteLossError',
+    'PoseEstimator', 'ProjectError', 'SuperAnimalError', 'SuperAnimalModel', 'TOPVIEWMOUSE_KEYPOINTS',
+    'TrainAugmentation', 'TrainConfig', 'TruncatedVideoWarning', 'UnsafeCheckpointError', 'VideoError',
+    '__version__', 'analyze_images', 'analyze_video', 'analyze_videos', 'convert', 'decode_heatmaps', 'evaluate',
+    'fine_tune', 'from_state_dicts', 'hub', 'load', 'normalize_crops', 'parallel', 'read_project', 'synthetic',
 ]

@@ -60,7 +60,8 @@ def _analyze(args) -> int:
     import jax
 
     import superanimal_jax
-    from superanimal_jax.analysis.analyze import IMAGE_SUFFIXES, analyze_images, analyze_videos
+    from superanimal_jax.analysis.analyze import analyze_images, analyze_videos
+    from superanimal_jax.io.images import IMAGE_SUFFIXES
 
     inputs = [Path(p) for p in args.inputs]
     for p in inputs:
@@ -93,8 +94,9 @@ def _analyze(args) -> int:
 
 
 def _train(args) -> int:
+    from superanimal_jax.training.config import TrainConfig
+    from superanimal_jax.training.loop import train
     from superanimal_jax.transforms.augment import TrainAugmentation
-    from superanimal_jax.training.loop import TrainConfig, train
 
     _distributed(args)
     options = dict(mode=args.mode, batch_size=args.batch_size, seed=args.seed, workers=args.workers,
@@ -124,8 +126,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from superanimal_jax.training.loop import evaluate
-
+    from superanimal_jax.training.evaluation import evaluate
     from superanimal_jax.training.project import read_project
 
     project = read_project(args.project, drop_unlabeled=args.drop_unlabeled)
@@ -147,9 +148,8 @@ def _add_scaling_options(command) -> None:
                        '(or SUPERANIMAL_JAX_PROCESS_ID)')
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='superanimal-jax', description=__doc__)
-    commands = parser.add_subparsers(dest='command', required=True)
+def _convert_command(commands) -> None:
+    """``convert``: released PyTorch files -> a model directory."""
     convert = commands.add_parser('convert', help='convert released PyTorch weights to a model directory')
     convert.add_argument('--pose', metavar='SRC', help='pose_model.pth, superanimal_topviewmouse_hrnet_w32.pt '
                          'or a bare state dict')
@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument('--overwrite', action='store_true', help='replace DIR if it exists')
     convert.set_defaults(run=_convert)
 
+
+def _analyze_command(commands) -> None:
+    """``analyze``: videos, images or folders of images -> DeepLabCut's result files."""
     analyze = commands.add_parser('analyze', help='SuperAnimal poses for videos, images or folders of images')
     analyze.add_argument('inputs', nargs='+', metavar='INPUT', help='video files, image files or folders of images')
     analyze.add_argument('--model', metavar='DIR', help='converted model directory (default: download the '
@@ -178,12 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     _add_scaling_options(analyze)
     analyze.set_defaults(run=_analyze)
 
+
+def _download_command(commands) -> None:
+    """``download``: fetch, convert and cache the released weights."""
     download = commands.add_parser('download', help='fetch the released weights from the DeepLabCut model hub, '
                                    'convert and cache them; prints the model directory')
     download.add_argument('--weights', nargs=2, metavar=('POSE', 'DETECTOR'),
                           help='convert these local files instead (no network)')
     download.add_argument('--force', action='store_true', help='convert again even if cached')
     download.set_defaults(run=_download)
+
+
+def _train_command(commands) -> None:
+    """``train``: fine-tune the pose model on a DeepLabCut project."""
     fit = commands.add_parser('train', help='fine-tune the pose model on a DeepLabCut project (DeepLabCut\'s '
                               'SuperAnimal recipe)')
     fit.add_argument('--project', metavar='DIR', required=True, help='DeepLabCut project (config.yaml, labeled-data/)')
@@ -208,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_scaling_options(fit)
     fit.set_defaults(run=_train)
 
+
+def _evaluate_command(commands) -> None:
+    """``evaluate``: DeepLabCut's RMSE and mAP of a model on a project."""
     assess = commands.add_parser('evaluate', help="DeepLabCut's RMSE and mAP of a model on a project's labels")
     assess.add_argument('--project', metavar='DIR', required=True)
     assess.add_argument('--model', metavar='DIR', required=True)
@@ -215,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     assess.add_argument('--pcutoff', type=float, metavar='P', help="default: the project's pcutoff")
     assess.add_argument('--drop-unlabeled', action='store_true', help='leave out frames without any label')
     assess.set_defaults(run=_evaluate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``superanimal-jax`` subcommand; returns the exit status (2: bad input, 130: interrupted)."""
+    parser = argparse.ArgumentParser(prog='superanimal-jax', description=__doc__)
+    commands = parser.add_subparsers(dest='command', required=True)
+    for add in (_convert_command, _analyze_command, _download_command, _train_command, _evaluate_command):
+        add(commands)
     args = parser.parse_args(argv)
     if args.command == 'convert' and not (args.pose or args.detector):
         parser.error('convert needs --pose and/or --detector')

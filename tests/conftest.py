@@ -129,12 +129,9 @@ def detector_checkpoints(detector_state, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope='session')
 def detector_variables(detector_state) -> dict:
     """The synthetic detector weights converted in memory (no file)."""
-    from superanimal_jax.checkpoints.rules import convert_state_dict
-    from superanimal_jax.checkpoints.convert import detector_rules
-    from superanimal_jax.models.detector import variables_shape
+    from superanimal_jax.checkpoints.convert import convert_detector_state
 
-    ignore, rules = detector_rules()
-    return convert_state_dict(detector_state, rules, ignore, variables_shape(), source='detector')[0]
+    return convert_detector_state(detector_state, source='detector')[0]
 
 
 OPENFIELD_PROJECT = FIXTURES / 'openfield_project'
@@ -162,7 +159,8 @@ def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False, bias_
     import jax.numpy as jnp
 
     from superanimal_jax.checkpoints import model_dir
-    from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, PoseNetwork
+    from superanimal_jax.constants import TOPVIEWMOUSE_KEYPOINTS
+    from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork
 
     config = dataclasses.replace(POSE_VARIANTS['hrnet_tiny'], num_keypoints=27)
     shapes = jax.eval_shape(PoseNetwork(config).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))

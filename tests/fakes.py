@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superanimal_jax.inference.model import PoseEstimator, SuperAnimalModel
+from superanimal_jax.inference.model import SuperAnimalModel
+from superanimal_jax.inference.pose import PoseEstimator
 from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork
 
 SIZE = (96, 128)  # Frame height, width.

@@ -70,8 +70,9 @@ def train_job(args) -> None:
     import superanimal_jax
     from superanimal_jax import parallel
     from superanimal_jax.checkpoints.rules import flatten
-    from superanimal_jax.training.loop import TrainConfig, train
+    from superanimal_jax.training.config import TrainConfig
     from superanimal_jax.training.data import DataConfig, Item, TrainData
+    from superanimal_jax.training.loop import train
 
     from conftest import OPENFIELD_PROJECT
 
@@ -110,10 +111,10 @@ def analyze_share(args, model) -> None:
     """This process's share of the synthetic videos, through ``analyze_videos``."""
     import jax
 
-    import fakes
-
     from superanimal_jax.analysis.analyze import analyze_videos
     from superanimal_jax.inference.model import SuperAnimalModel
+
+    import fakes
 
     videos = sorted(args.videos.glob('*.avi'))
     model = SuperAnimalModel(pose=model.pose, metadata=model.metadata, detector=fakes.ThresholdDetector())
@@ -137,13 +138,13 @@ def detector_job(args) -> None:
     from superanimal_jax import parallel
     from superanimal_jax.checkpoints import synthetic
     from superanimal_jax.checkpoints.rules import convert_state_dict
-    from superanimal_jax.checkpoints.convert import detector_rules
-    from superanimal_jax.models.detector import Detector, variables_shape
+    from superanimal_jax.checkpoints.tables import detector_rules
+    from superanimal_jax.inference.detector import Detector
+    from superanimal_jax.models.detector import variables_shape
 
     import fakes
 
-    ignore, rules = detector_rules()
-    variables = convert_state_dict(synthetic.fixture_state(HERE / 'fixtures', 'detector'), rules, ignore,
+    variables = convert_state_dict(synthetic.fixture_state(HERE / 'fixtures', 'detector'), detector_rules(),
                                    variables_shape(), source='detector')[0]
     frames = np.stack([fakes.frame(i, (60, 80)) for i in range(8)])
     report, arrays = {}, {}

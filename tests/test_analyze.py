@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import fakes
-from superanimal_jax.transforms import crops
 from superanimal_jax.analysis.analyze import analyze_images, analyze_video
+from superanimal_jax.errors import TruncatedVideoWarning, VideoError
 from superanimal_jax.io.results import SUPERANIMAL_SCORER
-from superanimal_jax.io.video import TruncatedVideoWarning, VideoError, VideoReader
+from superanimal_jax.io.video import VideoReader
+from superanimal_jax.transforms import crops
+
+import fakes
 
 M = 3  # max_individuals
 

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from superanimal_jax.transforms import augment as aug
-from superanimal_jax.models.pose import normalize_crops
+from superanimal_jax.transforms.normalize import normalize_crops
+
 from conftest import run_reference_script
 
 GOLDENS = ('augment_golden.npz',)  # Files recording the versions the goldens were made with (conftest).

@@ -11,18 +11,20 @@ import torch
 
 import superanimal_jax
 from superanimal_jax import cli
-from superanimal_jax.checkpoints.rules import ConversionError, convert_state_dict, flatten
-from superanimal_jax.checkpoints.convert import convert_pose_file, pose_rules, sha256
+from superanimal_jax.checkpoints.convert import convert_pose_file
+from superanimal_jax.checkpoints.rules import convert_state_dict, flatten
+from superanimal_jax.checkpoints.tables import pose_rules
+from superanimal_jax.checkpoints.torch_file import read_checkpoint
+from superanimal_jax.errors import CheckpointError, ConversionError, UnsafeCheckpointError
+from superanimal_jax.io.files import sha256
 from superanimal_jax.models.pose import POSE_VARIANTS, variables_shape
-from superanimal_jax.checkpoints.torch_file import CheckpointError, UnsafeCheckpointError, read_checkpoint
 
 W32 = POSE_VARIANTS['hrnet_w32']
 SPEC_KEYS = Path(__file__).parents[2] / 'shared' / 'specs' / 'pose_hrnet_w32_state_dict.tsv'
 
 
 def convert_in_memory(state):
-    ignore, rules = pose_rules(W32)
-    return convert_state_dict(state, rules, ignore, variables_shape(W32), source='test')
+    return convert_state_dict(state, pose_rules(W32), variables_shape(W32), source='test')
 
 
 def save(tmp_path, obj, name='weights.pt'):

@@ -6,8 +6,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
 from superanimal_jax.transforms import crops
+
+from conftest import FIXTURES
 
 GOLDENS = ('crops_golden.npz',)  # Files recording the versions the goldens were made with (conftest).
 

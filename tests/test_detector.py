@@ -12,11 +12,12 @@ import hashlib
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
-from superanimal_jax.ops import roi_align
 from superanimal_jax.checkpoints import synthetic
+from superanimal_jax.inference.detector import Detector
+from superanimal_jax.ops import roi_align
 from superanimal_jax.ops.boxes import pairwise_iou
-from superanimal_jax.models.detector import Detector
+
+from conftest import FIXTURES
 
 GOLDENS = ('detector_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
 

@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FIXTURES
 from superanimal_jax.checkpoints import synthetic
-from superanimal_jax.checkpoints.rules import ConversionError, convert_state_dict, flatten
-from superanimal_jax.checkpoints.convert import detector_rules
+from superanimal_jax.checkpoints.rules import convert_state_dict, flatten
+from superanimal_jax.checkpoints.tables import detector_rules
+from superanimal_jax.errors import ConversionError
 from superanimal_jax.models.detector import DetectorNetwork, variables_shape
+
+from conftest import FIXTURES
 
 GOLDENS = ('detector_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
 
@@ -47,17 +49,15 @@ def run(variables, images, rois, dtype=jnp.float32):
 
 def test_converter_consumes_all_404_keys(detector_manifest, detector_state):
     assert len(detector_manifest['manifest']) == 404
-    ignore, rules = detector_rules()
-    _, report = convert_state_dict(detector_state, rules, ignore, variables_shape(), source='detector')
+    _, report = convert_state_dict(detector_state, detector_rules(), variables_shape(), source='detector')
     assert len(report.loaded) + sum(len(k) for k in report.ignored.values()) == 404
     assert len(report.loaded) == len(flatten(variables_shape()))
 
 
 def test_converter_names_a_wrong_flatten_size(detector_state):
     bad = {**detector_state, 'model.roi_heads.box_head.5.weight': np.zeros((1024, 256 * 6 * 6), np.float32)}
-    ignore, rules = detector_rules()
     with pytest.raises(ConversionError, match=r'box_head\.5\.weight.*expected 12544 inputs'):
-        convert_state_dict(bad, rules, ignore, variables_shape(), source='detector')
+        convert_state_dict(bad, detector_rules(), variables_shape(), source='detector')
 
 
 def test_nchw_flatten_permutation_puts_weights_where_torch_reads_them(detector_state, variables):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from superanimal_jax.checkpoints.rules import flatten
-from superanimal_jax.checkpoints.convert import pose_rules
-from superanimal_jax.inference.model import PoseEstimator
+from superanimal_jax.checkpoints.tables import pose_rules
+from superanimal_jax.inference.pose import PoseEstimator
 from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork, decode_heatmaps, variables_shape
 
 GOLDENS = ('pose_manifest.json',)  # Files recording the versions the goldens were made with (conftest).
@@ -18,7 +18,7 @@ GOLDENS = ('pose_manifest.json',)  # Files recording the versions the goldens we
 def test_w32_variables_match_the_reference_keys_not_ignored(pose_manifest):
     """Every reference tensor not on the ignore list has a variable of its size, and back."""
     config = POSE_VARIANTS['hrnet_w32']
-    ignore, _ = pose_rules(config)
+    ignore = pose_rules(config).ignore
     kept = [(k, s) for k, s, _ in pose_manifest['manifest']
             if not any(re.fullmatch(i.pattern, k) for i in ignore)]
     ours = flatten(variables_shape(config))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from superanimal_jax.checkpoints.rules import conv_kernel, linear_kernel, transposed_conv_1x1_kernel
-from superanimal_jax.nn.layers import batch_norm, conv, upsample_nearest
 from superanimal_jax.models.pose import HeatmapHead
+from superanimal_jax.nn.layers import batch_norm, conv, upsample_nearest
 
 RNG = np.random.default_rng(0)
 

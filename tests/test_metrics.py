@@ -13,8 +13,9 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, run_reference_script
 from superanimal_jax.training import metrics
+
+from conftest import FIXTURES, run_reference_script
 
 GOLDENS = ('metrics_golden.npz',)  # Files recording the versions the goldens were made with (conftest).
 

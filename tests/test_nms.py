@@ -167,8 +167,8 @@ def test_offset_rounding_flips_decisions(golden):
     all_valid = np.ones(1001, bool)
     first_1000 = all_valid.copy()
     first_1000[1000] = False
-    run = lambda valid, method: kept(batched_nms(b, s, g, valid, iou_threshold=0.5, max_output=1001,
-                                                 method=method))
+    def run(valid, method):
+        return kept(batched_nms(b, s, g, valid, iou_threshold=0.5, max_output=1001, method=method))
     np.testing.assert_array_equal(run(all_valid, 'per_group'), k1001)
     np.testing.assert_array_equal(run(all_valid, 'cpu'), k1001)
     np.testing.assert_array_equal(run(first_1000, 'offset'), k1000)

@@ -234,7 +234,7 @@ def test_bfloat16_training_keeps_float32_state():
     import optax
 
     from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork
-    from superanimal_jax.training.loop import init_state, make_train_step
+    from superanimal_jax.training.step import init_state, make_train_step
 
     config = POSE_VARIANTS['hrnet_tiny']
     network = PoseNetwork(config, dtype=jnp.bfloat16)
@@ -302,8 +302,8 @@ def test_initialize_reads_flags_then_env(monkeypatch):
 
 
 def test_batches_must_split_over_devices_and_processes(tiny_model_dir, tmp_path):
-    from superanimal_jax.training.loop import train
     from superanimal_jax.training.data import DataConfig, Item, TrainData
+    from superanimal_jax.training.loop import train
 
     from conftest import OPENFIELD_PROJECT
 

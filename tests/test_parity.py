@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import superanimal_jax
+
 from conftest import FIXTURES
 from pose_parity import check_float64, check_keypoints, check_taps, golden_inputs
 

@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FIXTURES, run_reference_script
 from superanimal_jax import Detector, PoseEstimator, SuperAnimalModel
 from superanimal_jax.analysis.analyze import analyze_images, analyze_video
-from superanimal_jax.checkpoints.rules import convert_state_dict
-from superanimal_jax.checkpoints.convert import pose_rules
-from superanimal_jax.models.pose import POSE_VARIANTS, TOPVIEWMOUSE_KEYPOINTS, variables_shape
+from superanimal_jax.checkpoints.convert import convert_pose_state
+from superanimal_jax.constants import TOPVIEWMOUSE_KEYPOINTS
+from superanimal_jax.models.pose import POSE_VARIANTS
+
+from conftest import FIXTURES, run_reference_script
 
 GOLDENS = ('pipeline/manifest.json',)  # Files recording the versions the goldens were made with (conftest).
 
@@ -36,8 +37,7 @@ def manifest():
 @pytest.fixture(scope='module')
 def model(pose_state, detector_variables):
     config = POSE_VARIANTS['hrnet_w32']
-    ignore, rules = pose_rules(config)
-    pose, _ = convert_state_dict(pose_state, rules, ignore, variables_shape(config))
+    pose, _ = convert_pose_state(pose_state)
     return SuperAnimalModel(pose=PoseEstimator(config, pose, keypoint_names=TOPVIEWMOUSE_KEYPOINTS),
                             metadata={}, detector=Detector(detector_variables))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from superanimal_jax.analysis import plotting
-from superanimal_jax.io.atomic import atomic_path
+from superanimal_jax.io.files import atomic_path
 
 
 def test_colors_one_per_topviewmouse_keypoint():

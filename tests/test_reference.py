@@ -14,9 +14,9 @@ import pytest
 
 import superanimal_jax
 from superanimal_jax.checkpoints.rules import flatten
-from pose_parity import check_float64, check_keypoints, check_taps, golden_inputs
-from conftest import run_reference_script
 
+from conftest import run_reference_script
+from pose_parity import check_float64, check_keypoints, check_taps, golden_inputs
 
 pytestmark = pytest.mark.reference
 

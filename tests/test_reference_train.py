@@ -12,10 +12,9 @@ import json
 
 import numpy as np
 import pytest
-
 import test_train_parity as parity
-from conftest import run_reference_script
 
+from conftest import run_reference_script
 
 pytestmark = pytest.mark.reference
 

@@ -14,8 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FIXTURES
+from superanimal_jax.ops import float32
 from superanimal_jax.transforms import detector_input as resize
+
+from conftest import FIXTURES
 
 GOLDENS = ('detector_resize.npz',)  # Files recording the versions the goldens were made with (conftest).
 
@@ -27,7 +29,7 @@ SPEC_SIZES = {(480, 640): (800, 1066), (600, 800): (800, 1066), (720, 1280): (74
 
 
 resize_jit = jax.jit(resize.resize_bilinear, static_argnums=(1, 2, 3, 4))
-preprocess_jit = jax.jit(resize.preprocess, static_argnums=(1, 2, 3, 4, 5))
+preprocess_jit = jax.jit(resize.preprocess, static_argnums=(1, 2, 3), static_argnames=("torch_version", "kernel", "index_fma"))
 
 
 @pytest.fixture(scope='module')
@@ -116,7 +118,7 @@ def fma_cases(n: int = 200_000):
 
 def test_host_fma_is_exactly_rounded():
     x, y, z = fma_cases(20_000)
-    ours = resize.fma_host(x, y, z)
+    ours = float32.fma_host(x, y, z)
     picks = np.random.default_rng(1).choice(len(x), 1500, replace=False)
     wrong = [i for i in picks if ours[i] != exact_f32(x[i], y[i], z[i])]
     assert not wrong, f'{len(wrong)} wrong, e.g. {wrong[:3]}'
@@ -126,10 +128,10 @@ def test_host_fma_is_exactly_rounded():
 
 def test_device_fma_matches_exact_rounding_jitted_and_eager():
     x, y, z = fma_cases()
-    expected = resize.fma_host(x, y, z)
-    assert_bits_equal(jax.jit(resize.fma)(x, y, z), expected, 'fma (jit)')
-    assert_bits_equal(resize.fma(x[:2000], y[:2000], z[:2000]), expected[:2000], 'fma (eager)')
-    assert_bits_equal(jax.jit(resize.mul)(x, y), x * y, 'mul (jit)')
+    expected = float32.fma_host(x, y, z)
+    assert_bits_equal(jax.jit(float32.fma)(x, y, z), expected, 'fma (jit)')
+    assert_bits_equal(float32.fma(x[:2000], y[:2000], z[:2000]), expected[:2000], 'fma (eager)')
+    assert_bits_equal(jax.jit(float32.mul)(x, y), x * y, 'mul (jit)')
     naive = np.float32(x * y) + z  # what a compiler without FMA computes: must differ somewhere
     assert (naive != expected).sum() > 1000
 
@@ -233,7 +235,7 @@ def test_preprocess_matches_generalized_rcnn_transform(golden, name):
     assert kernel == ('channels_last' if name == 'small_cl' else 'separable')
 
     def run(index_fma):
-        images, size = preprocess_jit(frame[None], min_size, max_size, 32, kernel, index_fma)
+        images, size = preprocess_jit(frame[None], min_size, max_size, 32, kernel=kernel, index_fma=index_fma)
         assert (int(size[0]), int(size[1])) == (h, w)
         return np.asarray(images)
 
@@ -251,10 +253,10 @@ def test_preprocess_matches_generalized_rcnn_transform(golden, name):
 
 def test_preprocess_batches_and_validates():
     frames = np.random.default_rng(3).integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
-    batch, size = preprocess_jit(frames, 64, 100, 32, 'separable', True)
+    batch, size = preprocess_jit(frames, 64, 100, 32, kernel='separable', index_fma=True)
     assert tuple(int(v) for v in size) == (60, 100) and batch.shape == (2, 64, 128, 3)
     for i in range(2):
-        single = preprocess_jit(frames[i:i + 1], 64, 100, 32, 'separable', True)[0]
+        single = preprocess_jit(frames[i:i + 1], 64, 100, 32, kernel='separable', index_fma=True)[0]
         assert_bits_equal(batch[i], single[0], f'frame {i}')
     assert resize.preprocess(frames[:1, :8, :8], 16, 16)[1] == (16, 16)  # eager, Python ints
     with pytest.raises(ValueError, match='uint8'):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from superanimal_jax.checkpoints.torch_file import CheckpointError, UnsafeCheckpointError, read_checkpoint
+from superanimal_jax.checkpoints.torch_file import read_checkpoint
+from superanimal_jax.errors import CheckpointError, UnsafeCheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,19 +13,22 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 import superanimal_jax
 from superanimal_jax import cli
-from superanimal_jax.transforms.augment import TrainAugmentation
 from superanimal_jax.checkpoints.rules import flatten
-from superanimal_jax.training.project import ProjectError, read_project
+from superanimal_jax.errors import NonFiniteLossError, ProjectError
+from superanimal_jax.training.config import TrainConfig
+from superanimal_jax.training.data import DataConfig, TrainData
+from superanimal_jax.training.evaluation import evaluate
+from superanimal_jax.training.loop import train
+from superanimal_jax.training.modes import init_variables, make_items, make_task
+from superanimal_jax.training.optim import lr_schedule
+from superanimal_jax.training.project import read_project
 from superanimal_jax.training.targets import heatmap_targets, weighted_mse
-from superanimal_jax.training.loop import (NonFiniteLossError, TrainConfig, evaluate, init_variables, lr_schedule, make_items,
-                                   make_task, train)
-from superanimal_jax.training.data import DataConfig, Item, TrainData
+from superanimal_jax.transforms.augment import TrainAugmentation
 
 from conftest import OPENFIELD_PROJECT, write_tiny_model
 
@@ -180,7 +183,7 @@ def test_modes_build_the_heads_deeplabcut_builds(pose_model_dir):
 def test_evaluation_matches_bodyparts_by_name_or_conversion_table():
     import dataclasses
 
-    from superanimal_jax.training.loop import evaluation_task
+    from superanimal_jax.training.modes import evaluation_task
 
     project = read_project(OPENFIELD_PROJECT)
     sa = evaluation_task(project, superanimal_jax.TOPVIEWMOUSE_KEYPOINTS)

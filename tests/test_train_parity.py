@@ -25,14 +25,21 @@ import numpy as np
 import pytest
 
 import superanimal_jax
-from superanimal_jax.checkpoints.rules import conv_kernel, convert_state_dict, flatten, transposed_conv_1x1_kernel
-from superanimal_jax.checkpoints.convert import pose_rules
+from superanimal_jax.checkpoints.rules import (
+    conv_kernel,
+    convert_state_dict,
+    flatten,
+    transposed_conv_1x1_kernel,
+)
+from superanimal_jax.checkpoints.tables import pose_rules
 from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork, variables_shape
-from superanimal_jax.training.project import read_project
-from superanimal_jax.training.targets import heatmap_targets
-from superanimal_jax.training.loop import (TrainConfig, init_state, init_variables, make_items, make_optimizer, make_task,
-                                   make_train_step)
+from superanimal_jax.training.config import TrainConfig
 from superanimal_jax.training.data import DataConfig, TrainData
+from superanimal_jax.training.modes import init_variables, make_items, make_task
+from superanimal_jax.training.optim import make_optimizer
+from superanimal_jax.training.project import read_project
+from superanimal_jax.training.step import init_state, make_train_step
+from superanimal_jax.training.targets import heatmap_targets
 
 from conftest import FIXTURES, OPENFIELD_PROJECT
 
@@ -52,8 +59,8 @@ def setup(pose_state, golden):
     """Our network and starting variables, and each torch key's path and layout inverse."""
     g, _, manifest = golden
     config = POSE_VARIANTS['hrnet_w32']
-    ignore, rules = pose_rules(config)
-    variables, report = convert_state_dict(pose_state, rules, ignore, variables_shape(config), source='synthetic')
+    table = pose_rules(config)
+    variables, report = convert_state_dict(pose_state, table, variables_shape(config), source='synthetic')
     channels = np.asarray(manifest['conversion_array'])
     start = init_variables('convert', variables, channels, len(channels))
     import dataclasses
@@ -61,7 +68,7 @@ def setup(pose_state, golden):
     network = PoseNetwork(dataclasses.replace(config, num_keypoints=len(channels)))
     layout = {}
     for key in g['leaf_keys']:
-        rule = next(r for r in rules if r.apply(key) is not None)
+        rule = next(r for r in table.rules if r.apply(key) is not None)
         layout[str(key)] = (rule.apply(key).removeprefix('params/'), INVERSE.get(rule.transform))
     return network, start, layout
 

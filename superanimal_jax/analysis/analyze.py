@@ -12,17 +12,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from superanimal_jax.io.images import image_files, read_image
 from superanimal_jax.io.results import SUPERANIMAL_SCORER, ResultWriter, output_folder
 from superanimal_jax.io.video import VideoReader
-
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
 
 def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | None = None, *,
@@ -114,28 +113,6 @@ def _plot(h5: Path, path: Path, max_individuals: int, bodyparts, pcutoff: float)
     return plot_trajectories(keypoints, path, pcutoff=pcutoff, bodyparts=bodyparts, title=h5.stem)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 RGB (``cv2.imread`` then BGR -> RGB, as DeepLabCut loads images)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such image file')
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f'{path}: not an image OpenCV can read')
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Image files named directly or found (sorted, not recursive) in folders."""
-    files = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            files.append(item)
-    return files
-
-
 def analyze_images(images: Sequence[str | os.PathLike] | str | os.PathLike, model,
                    out_dir: str | os.PathLike | None = None, *, max_individuals: int = 10,
                    batch_size: int = 8, pcutoff: float = 0.1, bbox_threshold: float = 0.9,
@@ -180,7 +157,7 @@ def _write_images(results, loaded, out_dir, bodyparts, max_individuals, scorer, 
 
     import pandas as pd
 
-    from superanimal_jax.io.atomic import atomic_path
+    from superanimal_jax.io.files import atomic_path
     from superanimal_jax.io.results import columns, write_h5
 
     index = [str(p) for p in results]

@@ -17,15 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from superanimal_jax.io.atomic import atomic_path
+from superanimal_jax.constants import TOPVIEWMOUSE_COLORS
+from superanimal_jax.io.files import atomic_path
 
-# SuperAnimal-TopViewMouse keypoint colours (RGB), in keypoint order.
-TOPVIEWMOUSE_COLORS = np.array([
-    (127, 0, 255), (109, 28, 254), (91, 56, 253), (71, 86, 251), (53, 112, 248), (33, 139, 244),
-    (15, 162, 239), (4, 185, 234), (22, 203, 228), (42, 220, 220), (60, 233, 213), (80, 244, 204),
-    (98, 250, 195), (118, 254, 185), (136, 254, 175), (156, 250, 163), (174, 244, 152),
-    (194, 233, 139), (212, 220, 127), (232, 203, 113), (250, 185, 100), (255, 162, 86),
-    (255, 139, 72), (255, 112, 57), (255, 86, 43), (255, 56, 28), (255, 28, 14)], np.uint8)
 BOX_COLOR = (255, 0, 0)
 RADIUS = 6
 

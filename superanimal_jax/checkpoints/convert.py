@@ -23,79 +23,19 @@ keys under ``model.``.  Pose files:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 from superanimal_jax.checkpoints import model_dir
-from superanimal_jax.checkpoints.rules import (ConversionError, Ignore, Rule, conv_kernel, convert_state_dict,
-                                        linear_after_flatten_kernel, linear_kernel,
-                                        transposed_conv_1x1_kernel)
-from superanimal_jax.models.detector import variables_shape as detector_variables_shape
-from superanimal_jax.models.pose import POSE_VARIANTS, PoseConfig, variables_shape
+from superanimal_jax.checkpoints.rules import ConversionTable, convert_state_dict
+from superanimal_jax.checkpoints.tables import detector_rules, pose_rules
 from superanimal_jax.checkpoints.torch_file import read_checkpoint
-
-# Module paths whose ``weight`` is a conv kernel / BatchNorm: timm and torchvision name them
-# ``convN`` / ``bnN``, and in every ``nn.Sequential`` of these networks index 0 is the conv and
-# index 1 its BatchNorm (``downsample.0``, ``transition1.0.1``, ``fpn.inner_blocks.2.1`` ...).
-_CONV = r'(?P<m>(?:.+\.)?conv\d|.+\.0)'
-_BN = r'(?P<m>(?:.+\.)?bn\d|.+\.1)'
-# DeepLabCut 3's name | the seed file's name (``_parse_model_snapshot``'s rename, module docstring).
-_HEAD = r'heads\.bodypart\.heatmap_head\.(?:deconv_layers\.0|model)'
-_BN_COUNTER = Ignore(r'.+\.num_batches_tracked',
-                     'BatchNorm update counter; statistics are frozen, so it is never used')
-
-
-def conv_bn_rules(source: str, target: str) -> list[Rule]:
-    """Conv kernels and BatchNorms under the key prefix ``source`` (a regex) -> ``target/``."""
-    return [
-        Rule(rf'{source}{_CONV}\.weight', f'params/{target}{{m}}/kernel', conv_kernel),
-        Rule(rf'{source}{_BN}\.weight', f'params/{target}{{m}}/scale'),
-        Rule(rf'{source}{_BN}\.bias', f'params/{target}{{m}}/bias'),
-        Rule(rf'{source}{_BN}\.running_mean', f'batch_stats/{target}{{m}}/mean'),
-        Rule(rf'{source}{_BN}\.running_var', f'batch_stats/{target}{{m}}/var'),
-    ]
-
-
-def pose_rules(config: PoseConfig) -> tuple[list[Ignore], list[Rule]]:
-    """The ordered conversion table for a pose variant (ignore list first, then rules)."""
-    last_stage = len(config.backbone.stages) + 1
-    last_module = config.backbone.stages[-1].num_modules - 1
-    ignore = [
-        _BN_COUNTER,
-        Ignore(rf'backbone\.model\.stage{last_stage}\.{last_module}\.fuse_layers\.[1-9]\d*\..+',
-               'fuse outputs 1+ of the last HRNet module: timm computes them, DeepLabCut keeps '
-               'only branch 0, so they affect no output and get no gradient'),
-        Ignore(r'backbone\.model\.(?:downsamp_modules|final_layer|classifier)\..+',
-               "timm's classification head in the seed's pose_model.pth, dropped by DeepLabCut "
-               "(_parse_model_snapshot) and unused by its features-only HRNet"),
-    ]
-    rules = conv_bn_rules(r'backbone\.model\.', 'backbone/') + [
-        Rule(rf'{_HEAD}\.weight', 'params/head/deconv/kernel', transposed_conv_1x1_kernel),
-        Rule(rf'{_HEAD}\.bias', 'params/head/deconv/bias'),
-    ]
-    return ignore, rules
-
-
-def detector_rules() -> tuple[list[Ignore], list[Rule]]:
-    """The ordered conversion table for the Faster R-CNN detector (404 keys under ``model.``)."""
-    rules = [
-        # Biased convs first: the RPN tower (conv.K.0) and its two 1x1 output convs.
-        Rule(r'model\.(?P<m>rpn\.head\.conv\.\d+\.0)\.weight', 'params/{m}/kernel', conv_kernel),
-        Rule(r'model\.(?P<m>rpn\.head\.conv\.\d+\.0)\.bias', 'params/{m}/bias'),
-        Rule(r'model\.(?P<m>rpn\.head\.(?:cls_logits|bbox_pred))\.weight', 'params/{m}/kernel',
-             conv_kernel),
-        Rule(r'model\.(?P<m>rpn\.head\.(?:cls_logits|bbox_pred))\.bias', 'params/{m}/bias'),
-        Rule(r'model\.roi_heads\.box_head\.5\.weight', 'params/roi_heads/box_head/5/kernel',
-             linear_after_flatten_kernel(256, 7, 7)),
-        Rule(r'model\.roi_heads\.box_head\.5\.bias', 'params/roi_heads/box_head/5/bias'),
-        Rule(r'model\.(?P<m>roi_heads\.box_predictor\.(?:cls_score|bbox_pred))\.weight',
-             'params/{m}/kernel', linear_kernel),
-        Rule(r'model\.(?P<m>roi_heads\.box_predictor\.(?:cls_score|bbox_pred))\.bias', 'params/{m}/bias'),
-    ] + conv_bn_rules(r'model\.', '')
-    return [_BN_COUNTER], rules
+from superanimal_jax.errors import ConversionError
+from superanimal_jax.io.files import sha256
+from superanimal_jax.models.detector import variables_shape as detector_variables_shape
+from superanimal_jax.models.pose import POSE_VARIANTS, variables_shape
 
 
 def extract_state_dict(obj, source: str) -> tuple[dict[str, np.ndarray], str, dict]:
@@ -140,24 +80,28 @@ def describe(value, depth: int = 4):
     return type(value).__name__
 
 
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def convert_file(path: str | os.PathLike, table: tuple[list[Ignore], list[Rule]], target) -> tuple[dict, dict]:
+def convert_file(path: str | os.PathLike, table: ConversionTable, target) -> tuple[dict, dict]:
     """Read one checkpoint and convert it with ``table``; returns (variables, source metadata)."""
     path = Path(path)
     state, fmt, others = extract_state_dict(read_checkpoint(path), str(path))
-    ignore, rules = table
-    variables, report = convert_state_dict(state, rules, ignore, target, source=str(path))
+    variables, report = convert_state_dict(state, table, target, source=str(path))
     source = {'file': path.name, 'sha256': sha256(path), 'format': fmt, **report.summary()}
     if others:
         source['other_entries_not_loaded'] = others
     return variables, source
+
+
+def convert_pose_state(state, variant: str = 'hrnet_w32', *, source: str = 'state dict') -> tuple[dict, dict]:
+    """A pose state dict in memory (DeepLabCut 3 or seed key names) -> ``(variables, report summary)``."""
+    config = POSE_VARIANTS[variant]
+    variables, report = convert_state_dict(state, pose_rules(config), variables_shape(config), source=source)
+    return variables, report.summary()
+
+
+def convert_detector_state(state, *, source: str = 'state dict') -> tuple[dict, dict]:
+    """A detector state dict in memory -> ``(variables, report summary)``."""
+    variables, report = convert_state_dict(state, detector_rules(), detector_variables_shape(), source=source)
+    return variables, report.summary()
 
 
 def convert_pose_file(path: str | os.PathLike, variant: str = 'hrnet_w32') -> tuple[dict, dict]:

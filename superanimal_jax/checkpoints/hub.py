@@ -14,20 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 from superanimal_jax.checkpoints.convert import convert
 from superanimal_jax.checkpoints.model_dir import METADATA
+from superanimal_jax.errors import HubError
+from superanimal_jax.io.files import replace_directory, sha256
 
 REPO_ID = 'mwmathis/DeepLabCutModelZoo-SuperAnimal-TopViewMouse'
 POSE_FILE = 'superanimal_topviewmouse_hrnet_w32.pt'
 DETECTOR_FILE = 'superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt'
-
-
-class HubError(OSError):
-    """The released weights are neither cached nor downloadable here."""
 
 
 def default_cache_dir() -> Path:
@@ -56,14 +53,6 @@ def fetch_weights(revision: str | None = None) -> dict[str, Path]:
     return files
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ensure_model(cache_dir: str | os.PathLike | None = None, *, pose: str | os.PathLike | None = None,
                  detector: str | os.PathLike | None = None, force: bool = False) -> Path:
     """A converted model directory for the released weights, or for local ``pose`` + ``detector``
@@ -78,7 +67,7 @@ def ensure_model(cache_dir: str | os.PathLike | None = None, *, pose: str | os.P
         for path in files.values():
             if not path.is_file():
                 raise FileNotFoundError(f'{path}: no such weight file')
-    digests = {name: _sha256(path) for name, path in files.items()}
+    digests = {name: sha256(path) for name, path in files.items()}
     key = hashlib.sha256((digests['pose'] + digests['detector']).encode()).hexdigest()[:16]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / f'topviewmouse-{key}'
@@ -89,7 +78,5 @@ def ensure_model(cache_dir: str | os.PathLike | None = None, *, pose: str | os.P
         out = convert(pose=files['pose'], detector=files['detector'], out=Path(tmp) / 'model')
         source.update({name: {'file': files[name].name, 'sha256': digests[name]} for name in files})
         (out / 'source.json').write_text(json.dumps(source, indent=1) + '\n')
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
+        replace_directory(out, target)
     return target

@@ -22,7 +22,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from superanimal_jax.models.pose import TOPVIEWMOUSE_KEYPOINTS, PoseConfig
+from superanimal_jax.constants import TOPVIEWMOUSE_KEYPOINTS
+from superanimal_jax.errors import ModelDirError
+from superanimal_jax.io.files import replace_directory
+from superanimal_jax.models.pose import PoseConfig
+from superanimal_jax.version import __version__
 
 FORMAT_VERSION = 1
 METADATA = 'metadata.json'
@@ -33,10 +37,6 @@ LICENCE_NOTICE = (
     'animals, and cite Ye et al., "SuperAnimal pretrained pose estimation models for behavioral '
     'analysis", Nature Communications (2024). The superanimal-jax code licence does not apply '
     'to them.')
-
-
-class ModelDirError(ValueError):
-    """A model directory is missing, incomplete or of an unknown format."""
 
 
 def default_keypoints(config: PoseConfig) -> tuple[str, ...]:
@@ -56,8 +56,6 @@ def _checkpointer() -> ocp.StandardCheckpointer:
 def write(out: str | os.PathLike, networks: dict[str, dict], sections: dict[str, dict], *,
           overwrite: bool = False) -> Path:
     """Write ``networks`` (name -> variable tree) and their metadata sections to ``out``."""
-    from superanimal_jax import __version__
-
     out = Path(out).absolute()
     if out.exists() and not overwrite:
         raise FileExistsError(f'{out} already exists; pass overwrite=True (--overwrite) to replace it')
@@ -71,13 +69,7 @@ def write(out: str | os.PathLike, networks: dict[str, dict], sections: dict[str,
         metadata = {'format_version': FORMAT_VERSION, 'converter_version': __version__,
                     'licence': LICENCE_NOTICE, **sections}
         (staging / METADATA).write_text(json.dumps(metadata, indent=2) + '\n')
-        if out.exists():
-            old = out.with_name(f'.{out.name}.old-{os.getpid()}')
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out)
+        replace_directory(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

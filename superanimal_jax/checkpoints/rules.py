@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-class ConversionError(ValueError):
-    """The checkpoint does not fit the model; the message lists every offending key."""
-
+from superanimal_jax.errors import ConversionError
 
 # ---------------------------------------------------------------------------------------------
 # Layout transforms (PyTorch NCHW layouts -> Flax NHWC layouts)
@@ -96,6 +93,13 @@ class Ignore:
     reason: str
 
 
+class ConversionTable(NamedTuple):
+    """An ordered rule table: the first matching rule loads a key; ``ignore`` entries skip keys."""
+
+    rules: list[Rule]
+    ignore: list[Ignore]
+
+
 @dataclasses.dataclass
 class ConversionReport:
     loaded: dict[str, str]  # source key -> target path
@@ -131,13 +135,14 @@ def _listing(title: str, lines: list[str], limit: int = 20) -> str:
     return f'  {title} ({len(lines)}):\n{shown}{more}'
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], rules: list[Rule], ignore: list[Ignore],
-                       target: Mapping, *, source: str = 'checkpoint') -> tuple[dict, ConversionReport]:
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], table: ConversionTable, target: Mapping, *,
+                       source: str = 'checkpoint') -> tuple[dict, ConversionReport]:
     """Fill ``target`` (a tree of shape/dtype structs, e.g. from ``jax.eval_shape``) from ``state_dict``.
 
     Returns the filled tree (numpy arrays) and a report; raises :class:`ConversionError`
     listing unknown, missing, duplicated and mis-shaped keys all at once.
     """
+    rules, ignore = table
     wanted = flatten(target)
     filled: dict[str, np.ndarray] = {}
     report = ConversionReport(loaded={}, ignored={})

@@ -16,14 +16,7 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """The file is not a readable PyTorch zip checkpoint; the message names the file and the problem."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """The pickle asks for a global that is not on the allow-list."""
-
+from superanimal_jax.errors import CheckpointError, UnsafeCheckpointError
 
 _STORAGE_DTYPES = {  # torch.<X>Storage -> element dtype
     f"{name}Storage": np.dtype(t) for name, t in dict(

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 import jax
 import numpy as np
 
+from superanimal_jax import parallel
 from superanimal_jax.transforms import crops as crops_lib
 
 
@@ -95,21 +96,39 @@ class TopDownPipeline:
         boxes = crops_lib.xyxy_to_xywh(found['boxes'][frame_index, slot])
         out['boxes'][frame_index, slot] = boxes
         out['box_scores'][frame_index, slot] = found['scores'][frame_index, slot]
-        windows = crops_lib.crop_windows(boxes, self.crop_size)
-        crops = np.stack([crops_lib.crop(frames[f], w, self.crop_size) for f, w in zip(frame_index, windows)])
-        keypoints = self._pose(crops)
-        scales, offsets = crops_lib.scales_and_offsets(windows, self.crop_size)
-        out['keypoints'][frame_index, slot] = crops_lib.to_frame(keypoints, scales, offsets)
+        out['keypoints'][frame_index, slot] = keypoints_in_frames(
+            self.pose, frames, frame_index, boxes, crop_size=self.crop_size, chunk=self.pose_batch_size)
         return out
 
-    def _pose(self, crops: np.ndarray) -> np.ndarray:
-        """Pose on ``crops`` in fixed chunks of ``pose_batch_size`` (one compiled shape)."""
-        n, size = len(crops), self.pose_batch_size
-        padded = -(-n // size) * size
-        if padded != n:
-            crops = np.concatenate([crops, np.zeros((padded - n,) + crops.shape[1:], crops.dtype)])
-        chunks = [self.pose.keypoints_uint8(crops[i:i + size]) for i in range(0, padded, size)]  # Async.
-        return np.concatenate(jax.device_get(chunks))[:n]
+
+def keypoints_in_frames(pose, frames, owners, boxes, *, crop_size=(256, 256), chunk: int = 32) -> np.ndarray:
+    """Top-down pose for COCO ``boxes (B, 4)``, box ``b`` in ``frames[owners[b]]``: ``(B, K, 3)``
+    keypoints in frame pixels.
+
+    DeepLabCut's steps: square crops with context (uint8, black padding), the pose model
+    (``pose.keypoints_uint8``) in fixed chunks of ``chunk`` crops (the last padded: one compiled
+    shape), keypoints mapped back by ``xy * scale + offset``.  The one top-down path: the
+    pipeline, evaluation and pseudo-labelling all run it.
+    """
+    windows = crops_lib.crop_windows(np.asarray(boxes, np.float32).reshape(-1, 4), crop_size)
+    crops = np.stack([crops_lib.crop(frames[f], w, crop_size) for f, w in zip(owners, windows)])
+    n, padded = len(crops), -(-len(crops) // chunk) * chunk
+    crops = parallel.pad_batch(crops, padded)
+    parts = [pose.keypoints_uint8(crops[i:i + chunk]) for i in range(0, padded, chunk)]  # Async.
+    keypoints = np.concatenate(jax.device_get(parts))[:n]
+    scales, offsets = crops_lib.scales_and_offsets(windows, crop_size)
+    return crops_lib.to_frame(keypoints, scales, offsets)
+
+
+def pose_on_boxes(pose, frames, boxes, *, crop_size=(256, 256), chunk: int = 32) -> list[np.ndarray]:
+    """:func:`keypoints_in_frames` for each frame's COCO ``boxes[j] (M_j, 4)``: a list of
+    ``(M_j, K, 3)`` keypoint arrays in frame pixels."""
+    boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes]
+    owners = np.concatenate([np.full(len(b), j) for j, b in enumerate(boxes)]).astype(int)
+    if not len(owners):
+        return [np.zeros((0, 0, 3), np.float32) for _ in frames]
+    keypoints = keypoints_in_frames(pose, frames, owners, np.concatenate(boxes), crop_size=crop_size, chunk=chunk)
+    return [keypoints[owners == j] for j in range(len(frames))]
 
 
 def check_frames(frames) -> np.ndarray:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from superanimal_jax.io.files import hidden_temporary
+
 SUPERANIMAL_SCORER = 'superanimal_topviewmouse_hrnet_w32_fasterrcnn_resnet50_fpn_v2'
 JSON_SUFFIX = '_before_adapt.json'
 
@@ -111,7 +113,7 @@ class ResultWriter:
         if not out_dir.is_dir():
             raise OSError(f'output folder {out_dir} does not exist')
         self.paths = result_paths(out_dir, stem, scorer, csv=csv, json_file=json_file)
-        self.temps = {k: p.with_name(f'.{p.stem}.partial{p.suffix}') for k, p in self.paths.items()}
+        self.temps = {k: hidden_temporary(p) for k, p in self.paths.items()}
         self.columns = columns(scorer, bodyparts, max_individuals)
         self.shape = (max_individuals, len(bodyparts))
         self.chunk_rows = chunk_rows

@@ -20,13 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
-class VideoError(ValueError):
-    """The file is missing, is not a video OpenCV can decode, or has no frames."""
-
-
-class TruncatedVideoWarning(UserWarning):
-    """Fewer frames could be decoded than the video's header promises."""
+from superanimal_jax.errors import TruncatedVideoWarning, VideoError
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """The top-down pose model: HRNet backbone, DeepLabCut's heatmap head and its predictor.
 
 Input: crops ``(N, H, W, 3)`` float32, RGB, normalised as DeepLabCut normalises them
-(:func:`normalize_crops`); H and W multiples of 32 (256x256 for SuperAnimal).
+(:func:`superanimal_jax.transforms.normalize.normalize_crops`); H and W multiples of 32 (256x256 for SuperAnimal).
 Output: raw heatmaps ``(N, H/4, W/4, K)``, no activation; keypoints decoded from their argmax.
 """
 
@@ -12,28 +12,9 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from superanimal_jax.nn.hrnet import HRNET_TINY, HRNET_W32, HRNet, HRNetConfig
 from superanimal_jax.nn.layers import Dtype
-
-# SuperAnimal-TopViewMouse keypoints, in heatmap channel order.
-TOPVIEWMOUSE_KEYPOINTS = (
-    'nose', 'left_ear', 'right_ear', 'left_ear_tip', 'right_ear_tip', 'left_eye', 'right_eye',
-    'neck', 'mid_back', 'mouse_center', 'mid_backend', 'mid_backend2', 'mid_backend3',
-    'tail_base', 'tail1', 'tail2', 'tail3', 'tail4', 'tail5', 'left_shoulder', 'left_midside',
-    'left_hip', 'right_shoulder', 'right_midside', 'right_hip', 'tail_end', 'head_midpoint',
-)
-
-# albumentations' Normalize as DeepLabCut configures it: (x - mean * 255) * float32(1 / (std * 255)),
-# a multiply by the float32 reciprocal, all in float32.
-_MEAN = np.float32([0.485, 0.456, 0.406]) * np.float32(255)
-_INV_STD = np.float32(1) / (np.float32([0.229, 0.224, 0.225]) * np.float32(255))
-
-
-def normalize_crops(crops):
-    """uint8 RGB ``(..., 3)`` -> float32, bit for bit as DeepLabCut normalises crops."""
-    return (jnp.asarray(crops).astype(jnp.float32) - _MEAN) * _INV_STD
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,9 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from superanimal_jax.ops import boxes
-from superanimal_jax.ops import nms
 from superanimal_jax.nn.layers import Dtype, conv
+from superanimal_jax.ops import boxes, nms
 
 
 class ConvReLU(nn.Module):

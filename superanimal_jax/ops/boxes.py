@@ -154,3 +154,12 @@ def pairwise_iou(boxes1, boxes2):
     boxes2 = jnp.asarray(boxes2).astype(boxes1.dtype)
     return intersection_over_union(boxes1[..., :, None, :], boxes2[..., None, :, :],
                                    area(boxes1)[..., :, None], area(boxes2)[..., None, :])
+
+
+def iou_xywh(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two COCO ``x, y, w, h`` boxes in float64 on the host (DeepLabCut's memory-replay check)."""
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    inter = max(x2 - x1, 0) * max(y2 - y1, 0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return float(inter / union) if union > 0 else 0.0

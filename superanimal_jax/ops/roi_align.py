@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from superanimal_jax.ops import boxes
 from superanimal_jax.ops.boxes import divide, rounded
 
 # The detector pools FPN levels '0'..'3' of a ResNet-FPN (strides 4..32).
@@ -113,12 +114,6 @@ def ieee_area_thresholds(canonical_scale: int = CANONICAL_SCALE, canonical_level
     return tuple(thresholds)
 
 
-def box_area(rois):
-    """``(x2 - x1) * (y2 - y1)`` in float32, as torchvision's ``box_area``."""
-    rois = jnp.asarray(rois, jnp.float32)
-    return (rois[..., 2] - rois[..., 0]) * (rois[..., 3] - rois[..., 1])
-
-
 def level_of(rois, canonical_scale: int = CANONICAL_SCALE, canonical_level: int = CANONICAL_LEVEL,
              k_min: int = 2, k_max: int = 5, eps: float = LEVEL_EPS):
     """torchvision's ``LevelMapper``: int32 ``(...)`` level index in ``0 .. k_max - k_min``.
@@ -128,7 +123,7 @@ def level_of(rois, canonical_scale: int = CANONICAL_SCALE, canonical_level: int 
     zero, negative or NaN area get level 0 (torchvision: 0 for zero area; undefined otherwise).
     """
     thresholds = np.float32(area_thresholds(canonical_scale, canonical_level, k_min, k_max, eps))
-    area = box_area(rois)
+    area = boxes.area(jnp.asarray(rois, jnp.float32))
     return jnp.sum(area[..., None] >= thresholds, axis=-1, dtype=jnp.int32)
 
 

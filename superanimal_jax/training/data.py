@@ -44,19 +44,13 @@ import dataclasses
 import math
 from typing import Callable
 
-import cv2
 import numpy as np
 
+from superanimal_jax.constants import BBOX_MARGIN
+from superanimal_jax.io.images import read_image
+from superanimal_jax.training.targets import heatmap_targets
 from superanimal_jax.transforms import crops as crops_lib
 from superanimal_jax.transforms.augment import TrainAugmentation, augment
-from superanimal_jax.training.targets import heatmap_targets
-
-
-def load_rgb(path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise OSError(f'{path}: cannot read the image')
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def bbox_from_keypoints(keypoints: np.ndarray, height: int, width: int, margin: float) -> np.ndarray:
@@ -106,10 +100,9 @@ class DataConfig:
     """DeepLabCut's SuperAnimal fine-tuning data settings (``hrnet_w32.yaml`` + 3.0.2 defaults)."""
 
     batch_size: int = 1
-    bbox_margin: int = 25
+    bbox_margin: int = BBOX_MARGIN
     crop_size: tuple[int, int] = (256, 256)
     crop_margin: int = 0
-    stride: int = 4
     augmentation: TrainAugmentation = TrainAugmentation()
     workers: int = 2
     prefetch: int = 2
@@ -122,8 +115,8 @@ class TrainData:
     ``process_count > 1``, :meth:`batch` returns this process's rows of each global batch.
     """
 
-    def __init__(self, items: list[Item], config: DataConfig = DataConfig(), *, seed: int = 42,
-                 read_image: Callable[[str], np.ndarray] = load_rgb, process_index: int = 0,
+    def __init__(self, items: list[Item], config: DataConfig = DataConfig(), *, seed: int = 42, stride: int = 4,
+                 read_image: Callable[[str], np.ndarray] = read_image, process_index: int = 0,
                  process_count: int = 1):
         if not items:
             raise ValueError('no training items: every frame of the training split is unlabelled')
@@ -135,7 +128,7 @@ class TrainData:
             raise ValueError(f'process index {process_index} is not in 0..{process_count - 1}')
         self.items, self.config, self.seed = list(items), config, seed
         self.process_index, self.process_count = process_index, process_count
-        self._read_image = read_image
+        self._read_image, self.stride = read_image, stride
         self._frames: dict[str, np.ndarray] = {}
         self.num_keypoints = int(self.items[0].keypoints.shape[0])
 
@@ -191,7 +184,7 @@ class TrainData:
         keypoints = np.zeros((size, k, 3))
         for i, s in enumerate(samples):
             images[i], keypoints[i] = s['image'], s['keypoints']
-        stride = self.config.stride
+        stride = self.stride
         targets, weights = heatmap_targets(keypoints, (ch // stride, cw // stride), stride)
         weights[len(samples):] = 0  # Padding items: no loss, no count.
         return {'image': images, 'targets': targets, 'weights': weights}

@@ -21,11 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from superanimal_jax.errors import ProjectError
+
 CONVERSION_TABLES = 'SuperAnimalConversionTables'
-
-
-class ProjectError(ValueError):
-    """A DeepLabCut project is missing, malformed or inconsistent."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -60,7 +60,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from superanimal_jax.models.pose import _INV_STD, _MEAN
+from superanimal_jax.transforms.normalize import normalize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,14 +178,6 @@ def auto_pad(image: np.ndarray, keypoints: np.ndarray, bboxes: np.ndarray, divis
     boxes, kept = _filter(boxes, kept, image.shape)
     return image, xy, _from_normalized(boxes, kept, image.shape)
 
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """Step 4: ``normalize_crops`` (albumentations' ``Normalize``) in numpy on the host:
-    ``(float32(x) - mean * 255) * float32(1 / (std * 255))``, float32."""
-    out = image.astype(np.float32)
-    out -= _MEAN
-    out *= _INV_STD
-    return out
 
 
 def rotation_matrix(angle: float, height: int, width: int) -> np.ndarray:

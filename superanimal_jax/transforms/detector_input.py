@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
+from superanimal_jax.constants import IMAGENET_MEAN, IMAGENET_STD
+from superanimal_jax.ops.float32 import fma, fma_host, mul
+
+# The torch whose CPU resize arithmetic is reproduced by default: DeepLabCut 3.0.2's reference
+# environment resolved torch 2.15 when the goldens were made (the arithmetic changed in 2.15).
+DEFAULT_TORCH_VERSION = '2.15'
 MIN_SIZE = 800
 MAX_SIZE = 1333
 SIZE_DIVISIBLE = 32
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
 KERNELS = ('separable', 'channels_last')
 
 
@@ -62,7 +65,7 @@ def normalization_table() -> np.ndarray:
 
     albumentations ``(f32(v) - f32(mean) * 255) * f32(1 / (f32(std) * 255))`` followed by
     torchvision ``(x - f32(mean)) / f32(std)``, each operation rounded to float32."""
-    mean, std = np.float32(IMAGE_MEAN), np.float32(IMAGE_STD)
+    mean, std = np.float32(IMAGENET_MEAN), np.float32(IMAGENET_STD)
     values = np.arange(256, dtype=np.float32)[:, None]
     x = (values - mean * np.float32(255)) * (np.float32(1) / (std * np.float32(255)))
     return ((x - mean) / std).astype(np.float32)
@@ -70,19 +73,6 @@ def normalization_table() -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------
 # Source indices and weights (host)
-
-def fma_host(a, b, c) -> np.ndarray:
-    """Exactly rounded float32 ``a * b + c`` in numpy: exact float64 product, float64 sum
-    rounded to odd (TwoSum error), then one rounding to float32."""
-    a, b, c = (np.asarray(v, np.float32).astype(np.float64) for v in (a, b, c))
-    p = a * b
-    s = p + c
-    bb = s - p
-    err = (p - (s - bb)) + (c - bb)
-    even = (np.asarray(s).view(np.int64) & 1) == 0
-    s = np.where((err != 0) & even, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-    return s.astype(np.float32)
-
 
 def source_indices(in_size: int, out_size: int, index_fma: bool = True):
     """torch's ``compute_source_index_and_lambda`` (align_corners=False, ``scales=None``) for
@@ -110,7 +100,7 @@ def source_indices(in_size: int, out_size: int, index_fma: bool = True):
 
 
 def torch_cpu_bilinear_kernel(out_h: int, out_w: int, channels: int = 3, num_threads: int = 2,
-                              torch_version: str = '2.13', channels_last: bool = False
+                              torch_version: str = DEFAULT_TORCH_VERSION, channels_last: bool = False
                               ) -> tuple[str, bool]:
     """``(kernel, index_fma)`` that torch's CPU float ``upsample_bilinear2d`` computes with.
 
@@ -125,64 +115,6 @@ def torch_cpu_bilinear_kernel(out_h: int, out_w: int, channels: int = 3, num_thr
     major, minor = (int(v) for v in torch_version.split('+')[0].split('.')[:2])
     return 'separable', (major, minor) < (2, 15)
 
-
-# ------------------------------------------------------------------------------------------
-# Contraction-proof float32 arithmetic (device)
-#
-# Every product below is exact (at most 12 x 12 significant bits), so an FMA the compiler may
-# form out of it rounds exactly as the separate multiply and add would.
-
-def _split(x):
-    """``x = hi + lo`` with ``hi`` rounded to 12 significant bits and ``|lo| <= ulp(hi) / 2``."""
-    bits = lax.bitcast_convert_type(x, jnp.uint32)
-    hi = lax.bitcast_convert_type((bits + jnp.uint32(0x800)) & jnp.uint32(0xFFFFF000), jnp.float32)
-    return hi, x - hi
-
-
-def _two_sum(a, b):
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def _add_odd(a, b):
-    """``a + b`` rounded to odd: if inexact, the neighbour with an odd last bit."""
-    s, err = _two_sum(a, b)
-    bits = lax.bitcast_convert_type(s, jnp.int32)
-    step = jnp.where((s > 0) == (err > 0), 1, -1).astype(jnp.int32)
-    odd = lax.bitcast_convert_type(bits + step, jnp.float32)
-    return jnp.where((err != 0) & ((bits & 1) == 0), odd, s)
-
-
-def _sum3(a, b, c):
-    """Correctly rounded ``a + b + c`` (Boldo & Melquiond 2008, algorithm with rounding to odd)."""
-    uh, ul = _two_sum(b, c)
-    th, tl = _two_sum(a, uh)
-    return th + _add_odd(tl, ul)
-
-
-def _product(x, y):
-    """``(p, e)``: ``p = x * y`` rounded to float32 and ``e = x * y - p`` exactly (Dekker)."""
-    xh, xl = _split(x)
-    yh, yl = _split(y)
-    high, mid, low = xh * yh, xh * yl + xl * yh, xl * yl
-    p = _sum3(high, mid, low)
-    return p, ((high - p) + mid) + low
-
-
-def mul(x, y):
-    """float32 ``x * y``, never contracted into a following addition."""
-    return _product(x, y)[0]
-
-
-def fma(x, y, z):
-    """float32 ``x * y + z`` with a single rounding, whatever the compiler contracts."""
-    p, e = _product(x, y)
-    return _sum3(p, e, z)
-
-
-# ------------------------------------------------------------------------------------------
-# Resize, preprocess, postprocess
 
 def resize_bilinear(image, out_h: int, out_w: int, kernel: str = 'separable',
                     index_fma: bool = True):
@@ -218,19 +150,24 @@ def resize_bilinear(image, out_h: int, out_w: int, kernel: str = 'separable',
     return fma(d, w11, fma(c, w10, fma(a, w00, mul(b, w01))))
 
 
-def preprocess(frames, min_size: int = MIN_SIZE, max_size: int = MAX_SIZE,
-               divisor: int = SIZE_DIVISIBLE, kernel: str = 'separable', index_fma: bool = True):
+def preprocess(frames, min_size: int = MIN_SIZE, max_size: int = MAX_SIZE, divisor: int = SIZE_DIVISIBLE, *,
+               torch_version: str = DEFAULT_TORCH_VERSION, kernel: str | None = None, index_fma: bool | None = None):
     """uint8 RGB ``(N, H, W, 3)`` -> ``(images (N, Hp, Wp, 3) float32, (h, w))``.
 
     Table lookup (:func:`normalization_table`), bilinear resize to ``(h, w) = resized_size``
-    (defaults: torch 2.13's multi-threaded CPU arithmetic), zeros bottom/right up to
-    ``padded_size``.  Shapes depend only on ``(H, W)``: it jits once per frame size."""
+    with the arithmetic of ``torch_version``'s multi-threaded CPU kernel
+    (:func:`torch_cpu_bilinear_kernel`; ``kernel``/``index_fma`` override it), zeros
+    bottom/right up to ``padded_size``.  Shapes depend only on ``(H, W)``: it jits once per frame size."""
     frames = jnp.asarray(frames)
     if frames.dtype != jnp.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f'expected uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}')
     height, width = frames.shape[1:3]
     h, w = resized_size(height, width, min_size, max_size)
     hp, wp = padded_size(h, w, divisor)
+    if kernel is None or index_fma is None:
+        default_kernel, default_fma = torch_cpu_bilinear_kernel(h, w, torch_version=torch_version)
+        kernel = default_kernel if kernel is None else kernel
+        index_fma = default_fma if index_fma is None else index_fma
     table, values = normalization_table(), frames.astype(jnp.int32)
     # One 1-D lookup per channel: XLA fuses it into the resize; a 2-D gather costs twice as much.
     x = jnp.stack([jnp.take(table[:, c], values[..., c], mode='clip') for c in range(3)], -1)

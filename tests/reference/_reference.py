@@ -13,6 +13,30 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def _load_synthetic():
+    """``superanimal_jax/checkpoints/synthetic.py`` on its own (it needs numpy only): the reference
+    environment has no JAX, so the package itself cannot be imported there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        'superanimal_synthetic', ROOT / 'superanimal_jax' / 'checkpoints' / 'synthetic.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = _load_synthetic()
+# DeepLabCut's crop normalisation (albumentations' Normalize: x - mean * 255, times the float32
+# reciprocal of std * 255), in numpy: the same float32 operations as ``normalize_crops``.
+_MEAN = np.float32([0.485, 0.456, 0.406]) * np.float32(255)
+_INV_STD = np.float32(1) / (np.float32([0.229, 0.224, 0.225]) * np.float32(255))
+
+
+def normalize_crops(uint8) -> np.ndarray:
+    """uint8 RGB -> float32 as ``superanimal_jax.normalize_crops`` (checked equal in its tests)."""
+    return (np.asarray(uint8).astype(np.float32) - _MEAN) * _INV_STD
+
+
 def superanimal_config() -> dict:
     """DeepLabCut's own SuperAnimal-TopViewMouse inference config (pose + detector)."""
     from deeplabcut.pose_estimation_pytorch.config.pose import PoseConfig

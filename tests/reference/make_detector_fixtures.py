@@ -31,10 +31,7 @@ import json
 
 import numpy as np
 
-from _reference import DATA, calibrate, manifest_of, nhwc, superanimal_config
-
-from superanimal_jax import normalize_crops
-from superanimal_jax.checkpoints import synthetic
+from _reference import DATA, calibrate, manifest_of, nhwc, normalize_crops, superanimal_config, synthetic
 
 SEED = 0
 CALIBRATION_FRAMES = ('img0000.png', 'img0030.png', 'img0060.png', 'img0090.png')

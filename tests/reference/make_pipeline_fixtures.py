@@ -28,9 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from _reference import DATA, ROOT
-
-from superanimal_jax.checkpoints import synthetic
+from _reference import DATA, ROOT, synthetic
 
 FIXTURES = ROOT / 'tests' / 'fixtures'
 VIDEO = DATA / 'videos' / 'm3v1mp4.mp4'

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _reference import DATA, calibrate, manifest_of, nhwc, superanimal_config
+from _reference import DATA, calibrate, manifest_of, nhwc, superanimal_config, synthetic
 
-from superanimal_jax.checkpoints import synthetic
 SEED = 0
 CALIBRATION_FRAMES = range(0, 16)
 GOLDEN_FRAMES = (40, 85)  # Committed goldens; --full uses FULL_FRAMES.

@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.util
 import json
 import shutil
 import tempfile
@@ -57,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _reference import DATA, ROOT, nhwc
+from _reference import DATA, ROOT, nhwc, synthetic
 
 SUPER_ANIMAL = 'superanimal_topviewmouse'
 MODEL_NAME, DETECTOR_NAME = 'hrnet_w32', 'fasterrcnn_resnet50_fpn_v2'
@@ -85,14 +84,6 @@ ENTRY_POINTS = {
     'step': "PoseTrainingRunner.step(batch, 'train'): model.get_target, model.get_loss, backward, optimizer.step",
     'float64': 'model.double(); model(x), model.get_target, model.get_loss, backward (no optimizer step)',
 }
-
-
-def load_synthetic():
-    """superanimal_jax.checkpoints.synthetic by file: the package __init__ imports jax, absent from .ref."""
-    spec = importlib.util.spec_from_file_location('synthetic', ROOT / 'superanimal_jax' / 'synthetic.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_project(tmp: Path, snapshot: Path) -> tuple[Path, object]:
@@ -214,9 +205,9 @@ def state_sha256(state) -> str:
 def main() -> None:
     import albumentations
     import deeplabcut
+    import deeplabcut.pose_estimation_pytorch.utils as dlc_utils
     import timm
     import torch
-    import deeplabcut.pose_estimation_pytorch.utils as dlc_utils
     from deeplabcut.pose_estimation_pytorch.data import DLCLoader
     from deeplabcut.pose_estimation_pytorch.runners import build_training_runner
     from deeplabcut.pose_estimation_pytorch.task import Task
@@ -227,7 +218,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     args.out.mkdir(parents=True, exist_ok=True)
-    synthetic = load_synthetic()
     state27 = synthetic.fixture_state(ROOT / 'tests' / 'fixtures', 'pose')
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,74 @@
+"""The rule tables of the released networks: the pose HRNet (both file layouts) and the detector."""
+
+from __future__ import annotations
+
+from superanimal_jax.checkpoints.rules import (
+    ConversionTable,
+    Ignore,
+    Rule,
+    conv_kernel,
+    linear_after_flatten_kernel,
+    linear_kernel,
+    transposed_conv_1x1_kernel,
+)
+from superanimal_jax.models.pose import PoseConfig
+
+# Module paths whose ``weight`` is a conv kernel / BatchNorm: timm and torchvision name them
+# ``convN`` / ``bnN``, and in every ``nn.Sequential`` of these networks index 0 is the conv and
+# index 1 its BatchNorm (``downsample.0``, ``transition1.0.1``, ``fpn.inner_blocks.2.1`` ...).
+_CONV = r'(?P<m>(?:.+\.)?conv\d|.+\.0)'
+_BN = r'(?P<m>(?:.+\.)?bn\d|.+\.1)'
+# DeepLabCut 3's name | the seed file's name (``_parse_model_snapshot``'s rename; see convert.py).
+_HEAD = r'heads\.bodypart\.heatmap_head\.(?:deconv_layers\.0|model)'
+_BN_COUNTER = Ignore(r'.+\.num_batches_tracked',
+                     'BatchNorm update counter; statistics are frozen, so it is never used')
+
+
+def conv_bn_rules(source: str, target: str) -> list[Rule]:
+    """Conv kernels and BatchNorms under the key prefix ``source`` (a regex) -> ``target/``."""
+    return [
+        Rule(rf'{source}{_CONV}\.weight', f'params/{target}{{m}}/kernel', conv_kernel),
+        Rule(rf'{source}{_BN}\.weight', f'params/{target}{{m}}/scale'),
+        Rule(rf'{source}{_BN}\.bias', f'params/{target}{{m}}/bias'),
+        Rule(rf'{source}{_BN}\.running_mean', f'batch_stats/{target}{{m}}/mean'),
+        Rule(rf'{source}{_BN}\.running_var', f'batch_stats/{target}{{m}}/var'),
+    ]
+
+
+def pose_rules(config: PoseConfig) -> ConversionTable:
+    """The ordered conversion table for a pose variant."""
+    last_stage = len(config.backbone.stages) + 1
+    last_module = config.backbone.stages[-1].num_modules - 1
+    ignore = [
+        _BN_COUNTER,
+        Ignore(rf'backbone\.model\.stage{last_stage}\.{last_module}\.fuse_layers\.[1-9]\d*\..+',
+               'fuse outputs 1+ of the last HRNet module: timm computes them, DeepLabCut keeps '
+               'only branch 0, so they affect no output and get no gradient'),
+        Ignore(r'backbone\.model\.(?:downsamp_modules|final_layer|classifier)\..+',
+               "timm's classification head in the seed's pose_model.pth, dropped by DeepLabCut "
+               "(_parse_model_snapshot) and unused by its features-only HRNet"),
+    ]
+    rules = conv_bn_rules(r'backbone\.model\.', 'backbone/') + [
+        Rule(rf'{_HEAD}\.weight', 'params/head/deconv/kernel', transposed_conv_1x1_kernel),
+        Rule(rf'{_HEAD}\.bias', 'params/head/deconv/bias'),
+    ]
+    return ConversionTable(rules, ignore)
+
+
+def detector_rules() -> ConversionTable:
+    """The ordered conversion table for the Faster R-CNN detector (404 keys under ``model.``)."""
+    rules = [
+        # Biased convs first: the RPN tower (conv.K.0) and its two 1x1 output convs.
+        Rule(r'model\.(?P<m>rpn\.head\.conv\.\d+\.0)\.weight', 'params/{m}/kernel', conv_kernel),
+        Rule(r'model\.(?P<m>rpn\.head\.conv\.\d+\.0)\.bias', 'params/{m}/bias'),
+        Rule(r'model\.(?P<m>rpn\.head\.(?:cls_logits|bbox_pred))\.weight', 'params/{m}/kernel',
+             conv_kernel),
+        Rule(r'model\.(?P<m>rpn\.head\.(?:cls_logits|bbox_pred))\.bias', 'params/{m}/bias'),
+        Rule(r'model\.roi_heads\.box_head\.5\.weight', 'params/roi_heads/box_head/5/kernel',
+             linear_after_flatten_kernel(256, 7, 7)),
+        Rule(r'model\.roi_heads\.box_head\.5\.bias', 'params/roi_heads/box_head/5/bias'),
+        Rule(r'model\.(?P<m>roi_heads\.box_predictor\.(?:cls_score|bbox_pred))\.weight',
+             'params/{m}/kernel', linear_kernel),
+        Rule(r'model\.(?P<m>roi_heads\.box_predictor\.(?:cls_score|bbox_pred))\.bias', 'params/{m}/bias'),
+    ] + conv_bn_rules(r'model\.', '')
+    return ConversionTable(rules, [_BN_COUNTER])
