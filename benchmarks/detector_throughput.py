@@ -84,8 +84,8 @@ def main() -> None:
 
             theirs()  # Warm-up.
         jax.block_until_ready(detector.detect(frames))
-        row = {'batch': batch, 'dtype': dtype, 'devices': detector.mesh.size, 'frame': list(frames.shape[1:3]),
-               'compile_s': compile_s,
+        row = {'batch': batch, 'dtype': dtype, 'devices': detector.mesh.size,
+               'frame': list(frames.shape[1:3]), 'compile_s': compile_s,
                **side_by_side(lambda: jax.block_until_ready(detector.detect(frames)), theirs,
                               args.repeats, batch, 'frames')}
         results.append(row)

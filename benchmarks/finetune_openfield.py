@@ -1,6 +1,6 @@
 """A real fine-tuning run: SuperAnimal (synthetic deterministic weights) on the openfield project.
 
-    .venv/bin/python benchmarks/finetune_openfield.py                      # 300 steps, about 20 min on 2 CPU cores
+    .venv/bin/python benchmarks/finetune_openfield.py   # 300 steps, about 20 min on 2 CPU cores
     .venv/bin/python benchmarks/finetune_openfield.py --steps 300 --lr 1e-4 --out out/ft_lr1e-4
     .venv/bin/python benchmarks/finetune_openfield.py --steps 2000 --batch-size 8   # on a GPU
 
@@ -53,8 +53,8 @@ def main() -> None:
         shutil.rmtree(args.out)
     model = synthetic_model(args.out.parent / 'synthetic_superanimal')
     result = train(PROJECT, model, args.out, TrainConfig(steps=args.steps, batch_size=args.batch_size,
-                                                         learning_rate=args.lr, eval_interval=1, save_interval=1,
-                                                         log_interval=5))
+                                                         learning_rate=args.lr, eval_interval=1,
+                                                         save_interval=1, log_interval=5))
     records = [json.loads(line) for line in (args.out / 'log.jsonl').read_text().splitlines()]
     losses = [r for r in records if 'loss' in r]
     evals = [r for r in records if 'test.rmse' in r]
@@ -62,7 +62,8 @@ def main() -> None:
     name = f'finetune_openfield_{jax.default_backend()}' + ('' if args.lr == 1e-5 else f'_lr{args.lr:g}')
     shutil.copy(result['paths']['plot'], results / f'{name}.png')
     summary = {'benchmark': 'finetune_openfield', 'backend': jax.default_backend(), 'steps': args.steps,
-               'batch_size': args.batch_size, 'learning_rate': args.lr, 'first_losses': [r['loss'] for r in losses[:5]],
+               'batch_size': args.batch_size, 'learning_rate': args.lr,
+               'first_losses': [r['loss'] for r in losses[:5]],
                'last_losses': [r['loss'] for r in losses[-5:]], 'evaluations': evals}
     (results / f'{name}.json').write_text(json.dumps(summary, indent=1) + '\n')
     print(json.dumps(summary['evaluations'], indent=1))

@@ -55,11 +55,13 @@ def main() -> None:
                 out = Path(tmp) / f'{n}_{batch}'
                 out.mkdir()
                 code = CHILD.format(tests=str(ROOT / 'tests'), video=str(video), out=str(out), batch=batch)
-                result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+                result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                                        check=True)
                 peak_kib, seconds, h5 = result.stdout.split()
                 digests[batch] = hashlib.sha256(Path(h5).read_bytes()).hexdigest()
                 row = {'frames': n, 'batch_size': batch, 'peak_rss_mib': int(peak_kib) / 1024,
-                       'seconds': float(seconds), 'frames_per_s': n / float(seconds), 'h5_sha256': digests[batch]}
+                       'seconds': float(seconds), 'frames_per_s': n / float(seconds),
+                       'h5_sha256': digests[batch]}
                 rows.append(row)
                 print(f"{n} frames, batch {batch}: peak RSS {row['peak_rss_mib']:.0f} MiB, "
                       f"{row['frames_per_s']:.0f} frames/s", flush=True)

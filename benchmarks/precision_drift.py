@@ -12,7 +12,8 @@ does to a random-feature network, which amplifies perturbations layer after laye
 released model), or ``--model DIR``'s; the drift is the distance in frame pixels
 between the two keypoints, over all crops and keypoints, with the heatmaps' relative error and
 the score differences; and, for reading those, the same figures for the float32 network on
-inputs rounded to bfloat16 (the network's own sensitivity to a perturbation of that size).  Writes ``benchmarks/results/precision_drift_<backend>.json``.
+inputs rounded to bfloat16 (the network's own sensitivity to a perturbation of that size).
+Writes ``benchmarks/results/precision_drift_<backend>.json``.
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ def main() -> None:
         k, h = found[name]
         drift = np.linalg.norm((k[..., :2] - k32[..., :2]) * scales[:, None, :], axis=-1).ravel()
         rel = np.abs(h - h32).max(axis=(1, 2, 3)) / np.abs(h32).max(axis=(1, 2, 3))
-        row[name] = {'drift_px_median': float(np.median(drift)), 'drift_px_p99': float(np.percentile(drift, 99)),
-                     'drift_px_max': float(drift.max()), 'identical_fraction': float(np.mean(drift == 0)),
+        row[name] = {'drift_px_median': float(np.median(drift)),
+                     'drift_px_p99': float(np.percentile(drift, 99)), 'drift_px_max': float(drift.max()),
+                     'identical_fraction': float(np.mean(drift == 0)),
                      'heatmap_rel_err_median': float(np.median(rel)), 'heatmap_rel_err_max': float(rel.max()),
                      'score_abs_diff_max': float(np.abs(k[..., 2] - k32[..., 2]).max())}
     for name in ('bfloat16', 'input_rounding'):

@@ -44,7 +44,8 @@ def main() -> None:
     if args.model:
         model = superanimal_jax.load(args.model)
     elif args.weights:
-        model = superanimal_jax.load(superanimal_jax.hub.ensure_model(pose=args.weights[0], detector=args.weights[1]))
+        model = superanimal_jax.load(
+            superanimal_jax.hub.ensure_model(pose=args.weights[0], detector=args.weights[1]))
     else:
         print('no --model or --weights: using synthetic demo weights (they do not find mice)')
         model = demo_model()

@@ -38,6 +38,7 @@ __all__ = [
     'CheckpointError', 'ConversionError', 'Detector', 'HubError', 'ModelDirError', 'NonFiniteLossError',
     'PoseEstimator', 'ProjectError', 'SuperAnimalError', 'SuperAnimalModel', 'TOPVIEWMOUSE_KEYPOINTS',
     'TrainAugmentation', 'TrainConfig', 'TruncatedVideoWarning', 'UnsafeCheckpointError', 'VideoError',
-    '__version__', 'analyze_images', 'analyze_video', 'analyze_videos', 'convert', 'decode_heatmaps', 'evaluate',
-    'fine_tune', 'from_state_dicts', 'hub', 'load', 'normalize_crops', 'parallel', 'read_project', 'synthetic',
+    '__version__', 'analyze_images', 'analyze_video', 'analyze_videos', 'convert', 'decode_heatmaps',
+    'evaluate', 'fine_tune', 'from_state_dicts', 'hub', 'load', 'normalize_crops', 'parallel',
+    'read_project', 'synthetic',
 ]

@@ -151,8 +151,8 @@ def _add_scaling_options(command) -> None:
 def _convert_command(commands) -> None:
     """``convert``: released PyTorch files -> a model directory."""
     convert = commands.add_parser('convert', help='convert released PyTorch weights to a model directory')
-    convert.add_argument('--pose', metavar='SRC', help='pose_model.pth, superanimal_topviewmouse_hrnet_w32.pt '
-                         'or a bare state dict')
+    convert.add_argument('--pose', metavar='SRC', help='pose_model.pth, '
+                         'superanimal_topviewmouse_hrnet_w32.pt or a bare state dict')
     convert.add_argument('--detector', metavar='SRC', help='detector.pt, superanimal_topviewmouse_fasterrcnn_'
                          'resnet50_fpn_v2.pt or a bare state dict')
     convert.add_argument('--out', metavar='DIR', required=True, help='model directory to write')
@@ -162,20 +162,25 @@ def _convert_command(commands) -> None:
 
 def _analyze_command(commands) -> None:
     """``analyze``: videos, images or folders of images -> DeepLabCut's result files."""
-    analyze = commands.add_parser('analyze', help='SuperAnimal poses for videos, images or folders of images')
-    analyze.add_argument('inputs', nargs='+', metavar='INPUT', help='video files, image files or folders of images')
+    analyze = commands.add_parser('analyze',
+                                  help='SuperAnimal poses for videos, images or folders of images')
+    analyze.add_argument('inputs', nargs='+', metavar='INPUT',
+                         help='video files, image files or folders of images')
     analyze.add_argument('--model', metavar='DIR', help='converted model directory (default: download the '
                          'released weights once and cache them; see `download`)')
     analyze.add_argument('--weights', nargs=2, metavar=('POSE', 'DETECTOR'),
                          help='released PyTorch files to convert (once, cached) instead of downloading')
-    analyze.add_argument('--out', metavar='DIR', help="output folder, made if missing (default: each input's folder)")
+    analyze.add_argument('--out', metavar='DIR',
+                         help="output folder, made if missing (default: each input's folder)")
     analyze.add_argument('--max-individuals', type=int, default=10, metavar='N')
-    analyze.add_argument('--batch-size', type=int, default=8, metavar='N', help='frames per batch (default 8)')
+    analyze.add_argument('--batch-size', type=int, default=8, metavar='N',
+                         help='frames per batch (default 8)')
     analyze.add_argument('--pcutoff', type=float, default=0.1, metavar='P',
                          help='likelihood above which keypoints are drawn (default 0.1)')
     analyze.add_argument('--labeled-video', action='store_true', help='also write a labeled video / images')
     analyze.add_argument('--csv', action='store_true', help='also write the results as .csv')
-    analyze.add_argument('--plot-trajectories', action='store_true', help='also write a trajectory plot (PNG)')
+    analyze.add_argument('--plot-trajectories', action='store_true',
+                         help='also write a trajectory plot (PNG)')
     analyze.add_argument('--start', type=int, default=0, metavar='FRAME', help='first frame to analyse')
     analyze.add_argument('--stop', type=int, metavar='FRAME', help='analyse up to this frame (exclusive)')
     _add_scaling_options(analyze)
@@ -184,8 +189,8 @@ def _analyze_command(commands) -> None:
 
 def _download_command(commands) -> None:
     """``download``: fetch, convert and cache the released weights."""
-    download = commands.add_parser('download', help='fetch the released weights from the DeepLabCut model hub, '
-                                   'convert and cache them; prints the model directory')
+    download = commands.add_parser('download', help='fetch the released weights from the DeepLabCut '
+                                   'model hub, convert and cache them; prints the model directory')
     download.add_argument('--weights', nargs=2, metavar=('POSE', 'DETECTOR'),
                           help='convert these local files instead (no network)')
     download.add_argument('--force', action='store_true', help='convert again even if cached')
@@ -196,7 +201,8 @@ def _train_command(commands) -> None:
     """``train``: fine-tune the pose model on a DeepLabCut project."""
     fit = commands.add_parser('train', help='fine-tune the pose model on a DeepLabCut project (DeepLabCut\'s '
                               'SuperAnimal recipe)')
-    fit.add_argument('--project', metavar='DIR', required=True, help='DeepLabCut project (config.yaml, labeled-data/)')
+    fit.add_argument('--project', metavar='DIR', required=True,
+                     help='DeepLabCut project (config.yaml, labeled-data/)')
     fit.add_argument('--model', metavar='DIR', required=True, help='converted SuperAnimal model directory')
     fit.add_argument('--out', metavar='DIR', required=True, help='run folder (resumed if it has checkpoints)')
     fit.add_argument('--mode', choices=('convert', 'replay', 'transfer'), default='convert',
@@ -207,8 +213,10 @@ def _train_command(commands) -> None:
     length.add_argument('--steps', type=int, metavar='N', help='optimiser steps instead of epochs')
     fit.add_argument('--batch-size', type=int, default=1, metavar='N', help='default 1, as DeepLabCut')
     fit.add_argument('--lr', type=float, metavar='LR', help='base learning rate (default 1e-5)')
-    fit.add_argument('--eval-interval', type=int, metavar='EPOCHS', help='evaluate every N epochs (default 10)')
-    fit.add_argument('--save-interval', type=int, metavar='EPOCHS', help='checkpoint every N epochs (default 25)')
+    fit.add_argument('--eval-interval', type=int, metavar='EPOCHS',
+                     help='evaluate every N epochs (default 10)')
+    fit.add_argument('--save-interval', type=int, metavar='EPOCHS',
+                     help='checkpoint every N epochs (default 25)')
     fit.add_argument('--train-fraction', type=float, metavar='F',
                      help="fraction of labelled frames to train on (default: the project's TrainingFraction)")
     fit.add_argument('--no-augmentation', action='store_true', help='no rotation or noise')
@@ -221,7 +229,8 @@ def _train_command(commands) -> None:
 
 def _evaluate_command(commands) -> None:
     """``evaluate``: DeepLabCut's RMSE and mAP of a model on a project."""
-    assess = commands.add_parser('evaluate', help="DeepLabCut's RMSE and mAP of a model on a project's labels")
+    assess = commands.add_parser('evaluate',
+                                 help="DeepLabCut's RMSE and mAP of a model on a project's labels")
     assess.add_argument('--project', metavar='DIR', required=True)
     assess.add_argument('--model', metavar='DIR', required=True)
     assess.add_argument('--split', metavar='JSON', help="a run's split.json: report train and test apart")
@@ -246,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f'superanimal-jax train: interrupted; rerun the same command to resume from the last '
                   f'checkpoint in {args.out}', file=sys.stderr)
         else:
-            print(f'superanimal-jax {args.command}: interrupted; no partial results were kept', file=sys.stderr)
+            print(f'superanimal-jax {args.command}: interrupted; no partial results were kept',
+                  file=sys.stderr)
         return 130
     except (ValueError, OSError) as err:
         print(f'superanimal-jax {args.command}: error: {err}', file=sys.stderr)

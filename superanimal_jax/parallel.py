@@ -1,25 +1,6 @@
 """Data parallelism: one ``('data',)`` device mesh, batch shardings, multi-process start-up and the
-compute-dtype policy.
-
-Everything that runs on more than one device goes through this module:
-
-* :func:`local_mesh` (this process's devices) serves inference: each process analyses its own
-  frames or videos (:func:`process_share`), so inference needs no cross-process traffic;
-  :func:`global_mesh` (every device of every process) serves training, whose gradients are
-  averaged over all of them.
-* Batches are split along their first axis, ``NamedSharding(mesh, P('data'))``
-  (:func:`batch_sharding`); weights are replicated (:func:`replicated`).  A batch whose size is
-  not a multiple of the device count is padded (:func:`run_split`) so that one compiled program
-  serves every batch.
-* Global training batches are assembled from each process's rows with
-  ``jax.make_array_from_process_local_data`` (:func:`global_batch`).
-* :func:`initialize` starts JAX's distributed runtime from arguments, from
-  ``SUPERANIMAL_JAX_COORDINATOR`` / ``SUPERANIMAL_JAX_NUM_PROCESSES`` /
-  ``SUPERANIMAL_JAX_PROCESS_ID``, or by JAX's own cluster detection (``'auto'``: Cloud TPU,
-  SLURM, Open MPI).  On CPU the collectives are gloo's (JAX's default).
-* :func:`compute_dtype` is the precision policy: parameters and BatchNorm statistics are always
-  float32 (every layer is built with ``param_dtype=float32``); activations, and so every network
-  output, are in the compute dtype, ``float32`` (default) or ``bfloat16``.
+compute-dtype policy; everything that runs on more than one device goes through this module.
+The design: ``docs/parallel.md``.
 """
 
 from __future__ import annotations
@@ -66,10 +47,12 @@ def global_mesh() -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The sharding that splits a batch along its first axis over the mesh's ``'data'`` axis."""
     return NamedSharding(mesh, P(DATA))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that puts a full copy on every device of the mesh (for weights)."""
     return NamedSharding(mesh, P())
 
 
@@ -77,9 +60,9 @@ def check_local(mesh: Mesh) -> Mesh:
     """Inference meshes must be made of this process's devices (see :func:`process_share`)."""
     foreign = [d for d in mesh.devices.flat if d.process_index != jax.process_index()]
     if foreign:
-        raise ValueError(f'inference runs on this process\'s devices; the mesh holds {len(foreign)} devices of '
-                         'other processes (use parallel.local_mesh(), and split the inputs with '
-                         'parallel.process_share)')
+        raise ValueError(f'inference runs on this process\'s devices; the mesh holds {len(foreign)} '
+                         'devices of other processes (use parallel.local_mesh(), and split the inputs '
+                         'with parallel.process_share)')
     return mesh
 
 
@@ -141,7 +124,8 @@ def local_copy(tree):
     return jax.tree_util.tree_map(one, tree)
 
 
-def process_share(items: Sequence, process_index: int | None = None, process_count: int | None = None) -> list:
+def process_share(items: Sequence, process_index: int | None = None,
+                  process_count: int | None = None) -> list:
     """This process's share of ``items`` (round robin by process index): with N processes each
     analyses every N-th video, and together they analyse each exactly once."""
     index = jax.process_index() if process_index is None else process_index
@@ -178,5 +162,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                          'process\'s id')
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise ValueError(f'process id {process_id} is not in 0..{num_processes - 1}')
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
     return True

@@ -64,7 +64,8 @@ def versions_note(goldens) -> str:
         for tool, made in golden_versions(name).items():
             running = running_version(tool)
             same = running is not None and (running == made or running.startswith(made + '.'))
-            state = 'not installed here' if running is None else f'running {running}' + ('' if same else ' (differs)')
+            state = ('not installed here' if running is None
+                     else f'running {running}' + ('' if same else ' (differs)'))
             lines.append(f'{name}: made with {tool} {made}, {state}')
     return '\n'.join(lines)
 
@@ -75,7 +76,8 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     goldens = getattr(item.module, 'GOLDENS', ())
     if report.failed and goldens:
-        report.sections.append(('golden versions (regenerate goldens: README, "Goldens")', versions_note(goldens)))
+        report.sections.append(('golden versions (regenerate goldens: README, "Goldens")',
+                                versions_note(goldens)))
 
 
 @pytest.fixture(scope='session')
@@ -163,13 +165,15 @@ def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False, bias_
     from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork
 
     config = dataclasses.replace(POSE_VARIANTS['hrnet_tiny'], num_keypoints=27)
-    shapes = jax.eval_shape(PoseNetwork(config).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
+    shapes = jax.eval_shape(PoseNetwork(config).init, jax.random.key(0),
+                            jnp.zeros((1, 64, 64, 3), jnp.float32))
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):  # numpy, not Flax's initialisers: jitting those takes ~20 s here.
         name = path[-1].key
         if name == 'kernel':
-            return (rng.standard_normal(leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
+            return (rng.standard_normal(leaf.shape)
+                    * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(np.float32)
         if name == 'bias' and bias_std:
             return (bias_std * rng.standard_normal(leaf.shape)).astype(np.float32)
         return np.full(leaf.shape, 1.0 if name in ('scale', 'var') else 0.0, np.float32)
@@ -178,7 +182,8 @@ def write_tiny_model(path: Path, *, seed: int = 0, nan_bias: bool = False, bias_
     if nan_bias:
         variables['params']['head']['deconv']['bias'] = np.full(27, np.nan, np.float32)
     return model_dir.write(path, {'pose': variables}, {'pose': {
-        'variant': 'hrnet_tiny', 'num_keypoints': 27, 'stride': 4, 'keypoints': list(TOPVIEWMOUSE_KEYPOINTS)}})
+        'variant': 'hrnet_tiny', 'num_keypoints': 27, 'stride': 4,
+        'keypoints': list(TOPVIEWMOUSE_KEYPOINTS)}})
 
 
 @pytest.fixture(scope='session')

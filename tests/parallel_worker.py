@@ -77,11 +77,12 @@ def train_job(args) -> None:
     from conftest import OPENFIELD_PROJECT
 
     me = jax.process_index()
-    config = TrainConfig(batch_size=8, steps=args.steps, eval_interval=1000, log_interval=1, train_fraction=0.67,
-                         workers=1)
+    config = TrainConfig(batch_size=8, steps=args.steps, eval_interval=1000, log_interval=1,
+                         train_fraction=0.67, workers=1)
     runs = [('main', parallel.global_mesh(), None)]
     if args.with_one_device:
-        runs += [('one', parallel.data_mesh(jax.devices()[:1]), None), ('resumed', parallel.global_mesh(), 'one')]
+        runs += [('one', parallel.data_mesh(jax.devices()[:1]), None),
+                 ('resumed', parallel.global_mesh(), 'one')]
     report = {'process_count': jax.process_count(), 'device_count': jax.device_count()}
     for name, mesh, resume_from in runs:
         out = args.out / name
@@ -94,7 +95,8 @@ def train_job(args) -> None:
                        callbacks=[lambda step, m: losses.append(m['loss'])])
         params = flatten(jax.tree_util.tree_map(np.asarray, parallel.local_copy(result['state']['params'])))
         np.savez(args.out / f'{name}-{me}.npz', losses=np.asarray(losses), **params)
-        report[name] = {'mesh': mesh.size, 'params': summary(jax.tree_util.tree_leaves(result['state']['params'])[0]),
+        report[name] = {'mesh': mesh.size,
+                        'params': summary(jax.tree_util.tree_leaves(result['state']['params'])[0]),
                         'steps_run': len(losses)}
     # A batch as train() feeds its step: this process's rows, joined and split over the mesh.
     data = TrainData([Item('unused', np.zeros((4, 3)))], DataConfig(batch_size=8), process_index=me,
@@ -180,7 +182,8 @@ def infer_job(args) -> None:
                         }
         arrays[f'{name}/heatmaps'] = np.asarray(heatmaps.astype(np.float32))
         arrays[f'{name}/keypoints'] = np.asarray(loaded.pose.keypoints_uint8(crops))
-        model = SuperAnimalModel(pose=loaded.pose, metadata=loaded.metadata, detector=fakes.ThresholdDetector())
+        model = SuperAnimalModel(pose=loaded.pose, metadata=loaded.metadata,
+                                 detector=fakes.ThresholdDetector())
         for k, v in model.predict(frames, max_individuals=2, batch_size=6).items():  # 21 frames: padded.
             arrays[f'{name}/predict/{k}'] = v
         (args.out / name).mkdir()

@@ -50,7 +50,8 @@ def test_predict_pads_absent_individuals_and_maps_keypoints_back(model):
     window = crops.crop_windows(box)
     crop = crops.crop(frames[0], window[0])
     local = np.asarray(model.pose.keypoints_uint8(crop[None]))
-    np.testing.assert_array_equal(out['keypoints'][0, 0], crops.to_frame(local, *crops.scales_and_offsets(window))[0])
+    np.testing.assert_array_equal(out['keypoints'][0, 0],
+                                  crops.to_frame(local, *crops.scales_and_offsets(window))[0])
 
 
 def test_predict_rejects_bad_frames(model):
@@ -69,7 +70,8 @@ def test_video_results_layout(model, video, tmp_path):
     frame = pd.read_hdf(paths['h5'], 'df_with_missing')
     assert frame.columns.names == ['scorer', 'individuals', 'bodyparts', 'coords']
     assert list(frame.columns.levels[1]) == [f'animal{i}' for i in range(M)]
-    assert frame.columns[:3].tolist() == [(SUPERANIMAL_SCORER, 'animal0', 'nose', c) for c in ('x', 'y', 'likelihood')]
+    assert frame.columns[:3].tolist() == [(SUPERANIMAL_SCORER, 'animal0', 'nose', c)
+                                          for c in ('x', 'y', 'likelihood')]
     assert frame.index.tolist() == list(range(40)) and (frame.dtypes == np.float32).all()
     decoded = np.stack([b.frames[i] for b in VideoReader(video).batches(40) for i in range(b.count)])
     expected = model.predict(decoded, max_individuals=M)
@@ -104,7 +106,8 @@ def test_bad_video_fails_before_writing(model, tmp_path, case):
     elif case == 'zero_frames':
         fakes.write_video(path, 0)
     before = listing(tmp_path)
-    message = {'missing': 'no such video', 'not_a_video': 'not a video|no decodable', 'zero_frames': 'not a video|no decodable'}
+    message = {'missing': 'no such video', 'not_a_video': 'not a video|no decodable',
+               'zero_frames': 'not a video|no decodable'}
     with pytest.raises(VideoError, match=message[case]):
         analyze_video(path, model, tmp_path, max_individuals=M, progress=False)
     assert listing(tmp_path) == before
@@ -122,7 +125,8 @@ def test_truncated_video_keeps_the_frames_before_the_damage(model, video, tmp_pa
     first = int(np.argmax(missing))
     assert 5 < first < 35 and missing[first:].all() and not missing[:first].any()  # ... NaN after the damage.
     (tmp_path / 'whole').mkdir()
-    whole = pd.read_hdf(analyze_video(video, model, tmp_path / 'whole', max_individuals=M, progress=False)['h5'])
+    whole = pd.read_hdf(analyze_video(video, model, tmp_path / 'whole', max_individuals=M,
+                                      progress=False)['h5'])
     np.testing.assert_array_equal(frame.to_numpy()[:first], whole.to_numpy()[:first])
     items = json.loads(paths['json'].read_text())
     assert items[first] is None and items[first - 1] is not None
@@ -134,8 +138,10 @@ def test_missing_output_folder_is_made(model, video, tmp_path):
     existing = tmp_path / 'existing'
     existing.mkdir()
     made = tmp_path / 'not' / 'there' / 'yet'
-    first = analyze_video(video, model, existing, max_individuals=M, csv=True, labeled_video=True, progress=False)
-    second = analyze_video(video, model, made, max_individuals=M, csv=True, labeled_video=True, progress=False)
+    first = analyze_video(video, model, existing, max_individuals=M, csv=True, labeled_video=True,
+                          progress=False)
+    second = analyze_video(video, model, made, max_individuals=M, csv=True, labeled_video=True,
+                           progress=False)
     assert listing(made) == listing(existing) and len(listing(made)) == 4
     for key in ('h5', 'csv', 'json'):
         assert first[key].read_bytes() == second[key].read_bytes(), key
@@ -254,4 +260,5 @@ def test_cli_makes_the_output_folder_and_refuses_a_file(model, video, tmp_path, 
     out = tmp_path / 'new' / 'folder'
     assert cli.main(['analyze', str(video), '--model', str(tmp_path), '--out', str(out),
                      '--max-individuals', str(M)]) == 0
-    assert listing(out) == sorted([f'clip_{SUPERANIMAL_SCORER}.h5', f'clip_{SUPERANIMAL_SCORER}_before_adapt.json'])
+    assert listing(out) == sorted([f'clip_{SUPERANIMAL_SCORER}.h5',
+                                   f'clip_{SUPERANIMAL_SCORER}_before_adapt.json'])

@@ -118,7 +118,8 @@ def check_chain(golden: dict, case: dict, exact: bool = False) -> None:
     check_points(golden, case['key'], res.keypoints, labelled, res.bboxes, res.visible, atol)
 
 
-CHECKS = {'rotate': check_rotate, 'noise': check_noise, 'pad': check_pad, 'chain': check_chain, 'off': check_chain}
+CHECKS = {'rotate': check_rotate, 'noise': check_noise, 'pad': check_pad, 'chain': check_chain,
+          'off': check_chain}
 CASES = [(kind, case) for kind in CHECKS for case in INDEX[kind]]
 
 

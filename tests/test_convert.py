@@ -105,8 +105,8 @@ def test_bare_state_dict_converts(tmp_path, pose_state, converted):
 def test_missing_key_is_named(pose_state):
     state = dict(pose_state)
     del state['backbone.model.stage2.0.branches.1.3.bn2.running_var']
-    with pytest.raises(ConversionError, match=r'missing keys: model variables that no key filled \(1\)[\s\S]*batch_stats/backbone/stage2/0/'
-                                              r'branches/1/3/bn2/var'):
+    with pytest.raises(ConversionError, match=r'missing keys: model variables that no key filled \(1\)'
+                                              r'[\s\S]*batch_stats/backbone/stage2/0/branches/1/3/bn2/var'):
         convert_in_memory(state)
 
 
@@ -116,7 +116,8 @@ def test_unknown_key_is_named(pose_state):
     with pytest.raises(ConversionError) as err:
         convert_in_memory(state)
     assert 'heads.bodypart.locref_head.weight' in str(err.value)
-    assert 'backbone.model.extra_block.conv9.weight -> params/backbone/extra_block/conv9/kernel' in str(err.value)
+    assert ('backbone.model.extra_block.conv9.weight -> params/backbone/extra_block/conv9/kernel'
+            in str(err.value))
 
 
 def test_wrong_shape_is_named(pose_state):
@@ -162,7 +163,8 @@ def test_file_with_optimizer_state_converts(tmp_path, pose_checkpoints, converte
     """An older DeepLabCut 3 snapshot: weights beside a real AdamW state, a MultiStepLR state, an
     epoch and metadata.  Only the weights are read; metadata.json says what else the file held."""
     seed = read_checkpoint(pose_checkpoints['seed'])['model_state_dict']
-    params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in seed.items() if 'num_batches' not in k]
+    params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in seed.items()
+              if 'num_batches' not in k]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[160, 190], gamma=0.1)
     for p in params:
@@ -183,7 +185,8 @@ def test_file_with_optimizer_state_converts(tmp_path, pose_checkpoints, converte
     assert others['metadata'] == {'metrics': {'test.rmse': 3.5}, 'losses': [0.25, 0.125]}
     assert others['optimizer_state_dict']['state'] == f'dict of {len(params)} entries'
     group = others['optimizer_state_dict']['param_groups'][0]
-    assert group['lr'] == 1e-5 and group['betas'] == [0.9, 0.999] and group['params'] == f'list of {len(params)} entries'
+    assert (group['lr'] == 1e-5 and group['betas'] == [0.9, 0.999]
+            and group['params'] == f'list of {len(params)} entries')
     assert others['scheduler']['milestones'] == {'160': 1, '190': 1}
 
 

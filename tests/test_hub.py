@@ -37,7 +37,8 @@ def fill(cache, pose_checkpoints, detector_checkpoints):
 
 def params(path):
     model = superanimal_jax.load(path)
-    return [np.asarray(x) for x in __import__('jax').tree_util.tree_leaves((model.pose.variables, model.detector.variables))]
+    return [np.asarray(x) for x in __import__('jax').tree_util.tree_leaves((model.pose.variables,
+                                                                            model.detector.variables))]
 
 
 def test_hub_download_converts_once(fake_hub, pose_checkpoints, detector_checkpoints, tmp_path, monkeypatch):
@@ -69,7 +70,8 @@ def test_local_weights_need_no_hub(fake_hub, pose_checkpoints, detector_checkpoi
     first = hub.ensure_model(pose=pose_checkpoints['seed'], detector=detector_checkpoints['seed'])
     second = hub.ensure_model(pose=pose_checkpoints['dlc3'], detector=detector_checkpoints['dlc3'])
     assert first != second  # Different files, different cache entries (keyed by sha256) ...
-    assert all(np.array_equal(a, b) for a, b in zip(params(first), params(second), strict=True))  # ... same params.
+    assert all(np.array_equal(a, b)
+               for a, b in zip(params(first), params(second), strict=True))  # ... same params.
     with pytest.raises(FileNotFoundError, match='no such weight file'):
         hub.ensure_model(pose=tmp_path / 'nope.pt', detector=detector_checkpoints['dlc3'])
 

@@ -74,8 +74,8 @@ def test_oks_and_rmse_matching_are_deeplabcut(golden, name):
         matrix = metrics.oks_matrix(g, p, params['oks_sigma'], params['oks_bbox_margin'])
         # numpy's float64 kernels differ in the last bit between CPUs (the goldens were made on an
         # AVX-512 machine; on AVX2 a few OKS values differ by 1 ulp): bit-exact there, 4 ulp here.
-        np.testing.assert_allclose(matrix, golden[f'{name}/oks/{i}'], rtol=4 * np.finfo(np.float64).eps, atol=0,
-                                   err_msg=f'{name} image {i}: OKS')
+        np.testing.assert_allclose(matrix, golden[f'{name}/oks/{i}'], rtol=4 * np.finfo(np.float64).eps,
+                                   atol=0, err_msg=f'{name} image {i}: OKS')
         matched = metrics.match_greedy(metrics.oks_matrix(g, p), metrics.RMSE_OKS_THRESHOLD)
         np.testing.assert_array_equal(matched, golden[f'{name}/rmse_match/{i}'], err_msg=f'{name} image {i}')
 
@@ -94,17 +94,20 @@ def test_goldens_cover_the_quirks(golden):
     assert as64['rmse_pcutoff'] != golden['float32/expected/rmse_pcutoff']
     taken = next(i for i, n in enumerate(golden['degenerate/images']) if str(n) == 'taken.png')
     oks = golden[f'degenerate/oks/{taken}']
-    assert golden[f'degenerate/rmse_match/{taken}'][1] == -1 and np.nanargmax(oks[1]) == 0 and oks[1, 1] > 1e-6
+    assert (golden[f'degenerate/rmse_match/{taken}'][1] == -1 and np.nanargmax(oks[1]) == 0
+            and oks[1, 1] > 1e-6)
 
 
 def test_perfect_predictions():
     rng = np.random.default_rng(1)
-    gt = {f'{i}.png': np.concatenate([rng.uniform(0, 500, (3, 27, 2)), np.ones((3, 27, 1))], -1) for i in range(4)}
+    gt = {f'{i}.png': np.concatenate([rng.uniform(0, 500, (3, 27, 2)), np.ones((3, 27, 1))], -1)
+          for i in range(4)}
     pred = {k: np.concatenate([v[..., :2], np.full((3, 27, 1), 0.9)], -1) for k, v in gt.items()}
     result = metrics.compute_metrics(gt, pred, single_animal=False)
     assert result == {'rmse': 0.0, 'rmse_pcutoff': 0.0, 'mAP': 100.0, 'mAR': 100.0}
     single = {k: v[:1] for k, v in gt.items()}
-    result = metrics.compute_metrics(single, {k: v[:1] for k, v in pred.items()}, single_animal=True, pcutoff=0.95)
+    result = metrics.compute_metrics(single, {k: v[:1] for k, v in pred.items()}, single_animal=True,
+                                     pcutoff=0.95)
     assert result['rmse'] == 0.0 and np.isnan(result['rmse_pcutoff']) and result['mAP'] == 100.0
     assert metrics.oks(gt['0.png'][0, :, :2], gt['0.png'][0, :, :2]) == 1.0
 

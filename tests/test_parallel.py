@@ -31,7 +31,8 @@ VIDEO_FRAMES = (10, 13, 16)
 def worker(*args: str, wait: bool = True):
     command = [sys.executable, str(WORKER), *args]
     if not wait:
-        return subprocess.Popen(command, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(command, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
     done = subprocess.run(command, cwd=HERE.parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done
@@ -121,18 +122,20 @@ def test_inference_on_8_devices_matches_1_device(runs):
     report = json.loads((tmp_path / 'infer.json').read_text())
     # The batch of 8 crops was split: one crop per device; the weights are on all 8.
     assert report['all']['mesh'] == 8 and report['one']['mesh'] == 1
-    assert report['all']['heatmaps'] == {'spec': "P('data',)", 'devices': 8, 'shard_shapes': [[1, 64, 64, 27]],
-                                         'dtype': 'float32'}
+    assert report['all']['heatmaps'] == {'spec': "P('data',)", 'devices': 8,
+                                         'shard_shapes': [[1, 64, 64, 27]], 'dtype': 'float32'}
     assert report['one']['heatmaps']['shard_shapes'] == [[8, 64, 64, 27]]
     assert report['all']['params']['spec'] == 'P()' and report['all']['params']['devices'] == 8
     with np.load(tmp_path / 'infer.npz') as found:
         names = sorted(k[len('all/'):] for k in found.files if k.startswith('all/'))
-        assert {'heatmaps', 'keypoints', 'predict/keypoints', 'predict/boxes', 'predict/box_scores'} <= set(names)
+        assert ({'heatmaps', 'keypoints', 'predict/keypoints', 'predict/boxes', 'predict/box_scores'}
+                <= set(names))
         for name in names:
             if name == 'heatmaps':  # Float32 rounding: XLA:CPU picks its convolution kernels by the
                 # per-device batch (1 vs 8), and on some CPUs (AVX2; not AVX-512) they round apart.
                 scale = np.abs(found['one/heatmaps']).max()
-                np.testing.assert_allclose(found['all/heatmaps'], found['one/heatmaps'], rtol=0, atol=1e-6 * scale)
+                np.testing.assert_allclose(found['all/heatmaps'], found['one/heatmaps'], rtol=0,
+                                           atol=1e-6 * scale)
                 continue
             np.testing.assert_array_equal(found[f'all/{name}'], found[f'one/{name}'], err_msg=name)
         assert found['all/keypoints'].shape == (29, 27, 3)  # 29 crops, padded to 32 on the devices.
@@ -202,7 +205,8 @@ def test_two_processes_of_4_devices_match_one_process_of_8(runs, eight_devices):
     ours = sorted(p.name for p in (tmp_path / 'videos').iterdir())
     assert ours == sorted(p.name for p in (runs['single'] / 'videos').iterdir()) and len(ours) == 6
     for name in ours:  # Results (h5) and DeepLabCut's json, each as the single host wrote them.
-        assert (tmp_path / 'videos' / name).read_bytes() == (runs['single'] / 'videos' / name).read_bytes(), name
+        assert ((tmp_path / 'videos' / name).read_bytes()
+                == (runs['single'] / 'videos' / name).read_bytes()), name
 
 
 # ----------------------------------------------------------------------------- In this process
@@ -224,7 +228,8 @@ def test_bfloat16_policy_outputs_in_compute_dtype_params_float32(tmp_path):
     network = DetectorNetwork(dtype=jnp.bfloat16)
     variables = detector_shape()
     assert {v.dtype for v in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
-    features, (logits, deltas) = jax.eval_shape(network.apply, variables, jnp.zeros((1, 64, 64, 3), jnp.float32),
+    features, (logits, deltas) = jax.eval_shape(network.apply, variables,
+                                               jnp.zeros((1, 64, 64, 3), jnp.float32),
                                                jnp.zeros((3, 7, 7, 256), jnp.float32))
     assert {t.dtype for t in jax.tree_util.tree_leaves(features)} | {logits.dtype, deltas.dtype} == {
         jnp.dtype(jnp.bfloat16)}
@@ -246,7 +251,8 @@ def test_bfloat16_training_keeps_float32_state():
     batch = {'image': x, 'targets': jnp.zeros((2, 16, 16, 5)), 'weights': jnp.ones((2, 16, 16, 5))}
     step = make_train_step(network, optimizer, with_grads=True)
     new_state, metrics = jax.eval_shape(step, state, variables['batch_stats'], batch)
-    floats = [leaf for leaf in jax.tree_util.tree_leaves((new_state, metrics)) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    floats = [leaf for leaf in jax.tree_util.tree_leaves((new_state, metrics))
+              if jnp.issubdtype(leaf.dtype, jnp.floating)]
     assert floats and {leaf.dtype for leaf in floats} == {jnp.dtype(jnp.float32)}
     assert {g.dtype for g in jax.tree_util.tree_leaves(metrics['grads'])} == {jnp.dtype(jnp.float32)}
     heatmaps = jax.eval_shape(network.apply, variables, x)['heatmaps']
@@ -254,7 +260,8 @@ def test_bfloat16_training_keeps_float32_state():
 
 
 def test_compute_dtype_names_the_choices():
-    assert parallel.compute_dtype('bfloat16') == jnp.bfloat16 and parallel.compute_dtype(jnp.float32) == jnp.float32
+    assert (parallel.compute_dtype('bfloat16') == jnp.bfloat16
+            and parallel.compute_dtype(jnp.float32) == jnp.float32)
     with pytest.raises(ValueError, match='bfloat16'):
         parallel.compute_dtype('float16')
     with pytest.raises(ValueError, match='compute dtype'):
@@ -310,8 +317,10 @@ def test_batches_must_split_over_devices_and_processes(tiny_model_dir, tmp_path)
     with pytest.raises(ValueError, match='batch size 3 does not split over 2 processes'):
         TrainData([Item('x', np.zeros((4, 3)))], DataConfig(batch_size=3), process_count=2)
     eight = types.SimpleNamespace(size=8, devices=np.asarray(jax.devices()))
-    with pytest.raises(ValueError, match='does not split over the 8 devices of the mesh: use a multiple of 8'):
-        train(OPENFIELD_PROJECT, tiny_model_dir, tmp_path, superanimal_jax.TrainConfig(batch_size=4), mesh=eight)
+    with pytest.raises(ValueError,
+                       match='does not split over the 8 devices of the mesh: use a multiple of 8'):
+        train(OPENFIELD_PROJECT, tiny_model_dir, tmp_path, superanimal_jax.TrainConfig(batch_size=4),
+              mesh=eight)
     assert not any(tmp_path.iterdir())  # Refused before anything was written.
 
 

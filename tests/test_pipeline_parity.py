@@ -118,8 +118,9 @@ def test_h5_files_open_in_deeplabcuts_environment(analysed, model, tmp_path):
                             batch_size=2, progress=False)
     assert len(images) == 2
     image_h5 = next((tmp_path / 'images').glob('*.h5'))
-    run_reference_script('read_h5_in_deeplabcut.py', tmp_path / 'ref', '--h5', str(analysed['h5']), str(image_h5),
-                         '--video', str(GOLDEN / 'openfield_clip.avi'), '--labeled', str(analysed['h5']))
+    run_reference_script('read_h5_in_deeplabcut.py', tmp_path / 'ref', '--h5', str(analysed['h5']),
+                         str(image_h5), '--video', str(GOLDEN / 'openfield_clip.avi'),
+                         '--labeled', str(analysed['h5']))
     report = json.loads((tmp_path / 'ref' / 'read.json').read_text())
     print(f"read by pandas {report['versions']['pandas']}, tables {report['versions']['tables']}")
     assert report['versions']['pandas'].startswith('2.')

@@ -38,7 +38,8 @@ def test_labeled_video_appears_only_when_complete(tmp_path):
         assert not path.exists()
     capture = cv2.VideoCapture(str(path))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
-    with pytest.raises(RuntimeError), plotting.LabeledVideoWriter(tmp_path / 'broken.mp4', 10, (64, 48)) as video:
+    with (pytest.raises(RuntimeError),
+          plotting.LabeledVideoWriter(tmp_path / 'broken.mp4', 10, (64, 48)) as video):
         video.write(frame, keypoints)
         raise RuntimeError('stop')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['labeled.mp4']

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.reference
 def golden(tmp_path_factory):
     out = tmp_path_factory.mktemp('live_train')
     run_reference_script('make_train_fixtures.py', out, '--full')
-    with np.load(out / 'train_step_golden_full.npz') as g, np.load(out / 'train_step_golden_float64_full.npz') as g64:
+    with (np.load(out / 'train_step_golden_full.npz') as g,
+          np.load(out / 'train_step_golden_float64_full.npz') as g64):
         g, g64 = dict(g), dict(g64)
     assert not any(k.startswith('grad_index/') for k in g)  # Every leaf whole.
     return g, g64, json.loads((out / 'train_step_manifest_full.json').read_text())

@@ -29,7 +29,8 @@ SPEC_SIZES = {(480, 640): (800, 1066), (600, 800): (800, 1066), (720, 1280): (74
 
 
 resize_jit = jax.jit(resize.resize_bilinear, static_argnums=(1, 2, 3, 4))
-preprocess_jit = jax.jit(resize.preprocess, static_argnums=(1, 2, 3), static_argnames=("torch_version", "kernel", "index_fma"))
+preprocess_jit = jax.jit(resize.preprocess, static_argnums=(1, 2, 3),
+                         static_argnames=("torch_version", "kernel", "index_fma"))
 
 
 @pytest.fixture(scope='module')

@@ -39,7 +39,8 @@ def _assert_same(loaded: np.ndarray, t: torch.Tensor) -> None:
 
 
 def _rewrite_zip(src: Path, dst: Path, drop=(), replace=None) -> Path:
-    """Copy a zip, leaving out records whose name ends with one of ``drop``; ``replace`` maps suffix -> bytes."""
+    """Copy a zip, leaving out records whose name ends with one of ``drop``; ``replace`` maps
+    suffix -> bytes."""
     replace = replace or {}
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
         for name in zin.namelist():
@@ -76,7 +77,8 @@ def test_state_dict_dtypes_round_trip(tmp_path):
 def test_nested_dict_with_numpy_scalar_metadata(tmp_path):
     model = collections.OrderedDict(w=torch.ones(2, 2), b=torch.zeros(2))
     obj = {"model": model, "metadata": {"epoch": 3, "metrics": {"x": np.float64(0.5), "n": np.int32(-7)}},
-           "name": "snapshot", "pair": (1, 2.5), "tags": ["a", None], "dtypes": (np.dtype("f8"), np.dtype(">i2"))}
+           "name": "snapshot", "pair": (1, 2.5), "tags": ["a", None],
+           "dtypes": (np.dtype("f8"), np.dtype(">i2"))}
     loaded = read_checkpoint(_save(obj, tmp_path / "nested.pt"))
     for key, t in model.items():
         _assert_same(loaded["model"][key], t)
@@ -97,7 +99,8 @@ def test_views_sharing_one_storage(tmp_path, monkeypatch):
 
     reads = []
     real_read = zipfile.ZipFile.read
-    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, name, *a: reads.append(name) or real_read(self, name, *a))
+    monkeypatch.setattr(zipfile.ZipFile, "read",
+                        lambda self, name, *a: reads.append(name) or real_read(self, name, *a))
     loaded = read_checkpoint(path)
     assert sum("/data/" in n for n in reads) == 1  # the shared storage is read once
 
@@ -128,7 +131,8 @@ def test_parameter_round_trip(tmp_path):
 def test_big_endian_byteorder_is_swapped(tmp_path):
     tensors = {"f": torch.randn(3, 2), "l": torch.tensor([1, -2, 2**40]), "bf": torch.randn(4).bfloat16()}
     little = _save(tensors, tmp_path / "little.pt")
-    swapped = {f"/data/{i}": (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().byteswap().tobytes()
+    swapped = {f"/data/{i}": (t.view(torch.int16) if t.dtype == torch.bfloat16
+                              else t).numpy().byteswap().tobytes()
                for i, t in enumerate(tensors.values())}
     swapped["/byteorder"] = b"big"
     loaded = read_checkpoint(_rewrite_zip(little, tmp_path / "big.pt", replace=swapped))
@@ -172,7 +176,8 @@ def test_view_exceeding_storage(tmp_path):
     with zipfile.ZipFile(good) as z:
         pkl = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
     assert pkl.count(b"QK\x02") == 1  # BINPERSID, then storage_offset 2 as BININT1
-    bad = _rewrite_zip(good, tmp_path / "overrun.pt", replace={"/data.pkl": pkl.replace(b"QK\x02", b"QK\x03")})
+    bad = _rewrite_zip(good, tmp_path / "overrun.pt",
+                       replace={"/data.pkl": pkl.replace(b"QK\x02", b"QK\x03")})
     with pytest.raises(CheckpointError, match=r"overrun\.pt.*exceeds storage"):
         read_checkpoint(bad)
 
@@ -183,7 +188,8 @@ def _pickle_str(text: str) -> bytes:
 
 def test_pickled_state_cannot_replace_a_storage(tmp_path):
     # Hand-written protocol-2 pickle: a storage persistent id, then BUILD (None, {"array": 1}) on it.
-    pid = b"(" + _pickle_str("storage") + b"ctorch\nFloatStorage\n" + _pickle_str("0") + _pickle_str("cpu") + b"K\x02t"
+    pid = (b"(" + _pickle_str("storage") + b"ctorch\nFloatStorage\n" + _pickle_str("0") + _pickle_str("cpu")
+           + b"K\x02t")
     pkl = b"\x80\x02" + pid + b"QN}" + _pickle_str("array") + b"K\x01s\x86b."
     path = tmp_path / "build.pt"
     with zipfile.ZipFile(path, "w") as z:

@@ -35,7 +35,8 @@ from conftest import OPENFIELD_PROJECT, write_tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny-model runs share one set of shapes and constants (batch 2, 4 items a split, lr 1e-3),
 # so their train step compiles once (conftest's compilation cache), subprocesses included.
-QUICK = dict(batch_size=2, eval_interval=1000, log_interval=1, train_fraction=0.67, workers=1, learning_rate=1e-3)
+QUICK = dict(batch_size=2, eval_interval=1000, log_interval=1, train_fraction=0.67, workers=1,
+             learning_rate=1e-3)
 
 
 def copy_project(tmp_path) -> Path:
@@ -134,7 +135,8 @@ def test_batches_are_deterministic_padded_and_resumable():
     single = alone.collate([alone.sample(int(data.order(0)[4]), np.random.default_rng([7, 1, 0, 4]))])
     np.testing.assert_array_equal(single['image'][0], last['image'][0])
     np.testing.assert_allclose(float(weighted_mse(last['targets'] * 0.5, last['targets'], last['weights'])),
-                               float(weighted_mse(single['targets'] * 0.5, single['targets'], single['weights'])),
+                               float(weighted_mse(single['targets'] * 0.5, single['targets'],
+                                                  single['weights'])),
                                rtol=1e-6)
 
     it = data.iterator()
@@ -153,7 +155,8 @@ def test_augmentation_changes_crops_but_not_labels_count():
     items = make_items(project, range(6), task, sizes={f: (480, 640) for f in range(6)})
     plain = TrainData(items, DataConfig(augmentation=TrainAugmentation.off()), seed=0)
     augmented = TrainData(items, DataConfig(), seed=0)
-    differ = [not np.array_equal(plain.batch(0, s)['image'], augmented.batch(0, s)['image']) for s in range(6)]
+    differ = [not np.array_equal(plain.batch(0, s)['image'], augmented.batch(0, s)['image'])
+              for s in range(6)]
     assert any(differ)  # Rotation and noise each apply with p = 0.5.
     assert augmented.batch(0, 0)['targets'].max() > 0.5
 
@@ -173,7 +176,8 @@ def test_modes_build_the_heads_deeplabcut_builds(pose_model_dir):
                                   sa.variables['params']['backbone']['conv1']['kernel'])
     replay = make_task('replay', project, sa.keypoint_names)
     assert len(replay.keypoint_names) == 27 and replay.channels.tolist() == [0, 1, 2, 13]
-    assert init_variables('replay', sa.variables, None, 27)['params']['head']['deconv']['kernel'].shape == head.shape
+    assert (init_variables('replay', sa.variables, None, 27)['params']['head']['deconv']['kernel'].shape
+            == head.shape)
     transfer = make_task('transfer', project, sa.keypoint_names)
     t = init_variables('transfer', sa.variables, None, 4)['params']['head']['deconv']
     assert t['kernel'].shape == (1, 1, 32, 4) and not t['bias'].any()
@@ -310,7 +314,8 @@ def test_cli_train_and_evaluate(tiny_model_dir, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert 'test.rmse' in out and 'model:' in out
-    assert cli.main(['evaluate', '--project', str(OPENFIELD_PROJECT), '--model', str(tmp_path / 'run' / 'model'),
+    assert cli.main(['evaluate', '--project', str(OPENFIELD_PROJECT),
+                     '--model', str(tmp_path / 'run' / 'model'),
                      '--split', str(tmp_path / 'run' / 'split.json')]) == 0
     results = json.loads(capsys.readouterr().out)
     assert {'train.rmse', 'test.mAP'} <= set(results)

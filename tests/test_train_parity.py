@@ -1,4 +1,5 @@
-"""One fine-tuning step against DeepLabCut 3.0.2's own (goldens from ``tests/reference/make_train_fixtures.py``).
+"""One fine-tuning step against DeepLabCut 3.0.2's own (goldens from
+``tests/reference/make_train_fixtures.py``).
 
 The reference ran DeepLabCut's real path on the openfield project in conversion-table mode:
 ``create_training_dataset`` + ``build_weight_init`` + ``PoseModel.build`` (the synthetic
@@ -50,7 +51,8 @@ INVERSE = {conv_kernel: (3, 2, 0, 1), transposed_conv_1x1_kernel: (2, 3, 0, 1)} 
 
 @pytest.fixture(scope='module')
 def golden():
-    with np.load(FIXTURES / 'train_step_golden.npz') as g, np.load(FIXTURES / 'train_step_golden_float64.npz') as g64:
+    with (np.load(FIXTURES / 'train_step_golden.npz') as g,
+          np.load(FIXTURES / 'train_step_golden_float64.npz') as g64):
         return dict(g), dict(g64), json.loads((FIXTURES / 'train_step_manifest.json').read_text())
 
 
@@ -195,8 +197,8 @@ def test_gradients_match_deeplabcut(ours32, golden):
 
 
 def param_errors(ours: dict, g: dict, reference: dict, scale: np.ndarray) -> np.ndarray:
-    return np.array([np.abs(subset(ours[str(k)], str(k), g) - stored(reference, f'params3/{k}')).max() / scale[j]
-                     for j, k in enumerate(g['leaf_keys'])])
+    return np.array([np.abs(subset(ours[str(k)], str(k), g) - stored(reference, f'params3/{k}')).max()
+                     / scale[j] for j, k in enumerate(g['leaf_keys'])])
 
 
 @pytest.mark.slow  # Two minutes on 2 cores (a float64 HRNet train step compiles): pytest -m slow.
@@ -223,11 +225,12 @@ def test_three_adamw_steps_match_deeplabcut(ours32, golden):
     vs32, vs64 = param_errors(ours32['params'], g, g, scale), param_errors(ours32['params'], g, g64, scale)
     own = g64['params3_32err_maxabs'] / scale
     worst = str(g['leaf_keys'][int(vs32.argmax())])
-    print(f'\nfloat32 losses {np.round(ours32["losses"], 7).tolist()} vs DLC {np.round(g["loss"].astype(float), 7).tolist()} '
+    print(f'\nfloat32 losses {np.round(ours32["losses"], 7).tolist()} '
+          f'vs DLC {np.round(g["loss"].astype(float), 7).tolist()} '
           f'(DLC float64 {np.round(g64["loss_per_step"], 7).tolist()})')
     print(f'float32 params after 3 steps, relative max-abs: ours vs DLC float32 median {np.median(vs32):.2e} '
-          f'max {vs32.max():.2e} ({worst}), {(vs32 <= 1e-5).sum()}/{len(vs32)} leaves within 1e-5; ours vs DLC '
-          f'float64 median {np.median(vs64):.2e} max {vs64.max():.2e}; DLC float32 vs float64 median '
-          f'{np.median(own):.2e} max {own.max():.2e}')
+          f'max {vs32.max():.2e} ({worst}), {(vs32 <= 1e-5).sum()}/{len(vs32)} leaves within 1e-5; '
+          f'ours vs DLC float64 median {np.median(vs64):.2e} max {vs64.max():.2e}; '
+          f'DLC float32 vs float64 median {np.median(own):.2e} max {own.max():.2e}')
     # No further from the exact result than DeepLabCut's own float32 run is.
     assert np.median(vs64) <= 1.5 * np.median(own) and vs64.max() <= 1.5 * own.max()

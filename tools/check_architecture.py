@@ -69,7 +69,8 @@ def check_file(path: Path) -> list[str]:
                                     f'(layer {LEVEL[other]}, above it)')
             for alias in node.names:
                 if alias.name.startswith('_') and not alias.name.startswith('__'):
-                    problems.append(f'{rel}:{node.lineno}: imports the private name {alias.name} from {node.module}')
+                    problems.append(f'{rel}:{node.lineno}: imports the private name {alias.name} '
+                                    f'from {node.module}')
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith('_'):
             if ast.get_docstring(node) is None:
@@ -78,8 +79,10 @@ def check_file(path: Path) -> list[str]:
                 for item in node.body:
                     if (isinstance(item, ast.FunctionDef) and not item.name.startswith('_')
                             and ast.get_docstring(item) is None
-                            and not any(isinstance(d, ast.Name) and d.id == 'property' for d in item.decorator_list)):
-                        problems.append(f'{rel}:{item.lineno}: public {node.name}.{item.name} has no docstring')
+                            and not any(isinstance(d, ast.Name) and d.id == 'property'
+                                        for d in item.decorator_list)):
+                        problems.append(f'{rel}:{item.lineno}: public {node.name}.{item.name} '
+                                        'has no docstring')
     return problems
 
 

@@ -36,8 +36,8 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     with ``labeled_video`` ``<stem>_<scorer>_labeled_before_adapt.mp4`` (keypoints with likelihood
     above ``pcutoff``, boxes scoring at least ``bbox_threshold``) and with ``plot_trajectories``
     ``<stem>_<scorer>_trajectories.png``, in ``out_dir`` (default: the video's folder; made, with
-    its parents, if missing).  Returns the paths written.  With a frame range, row ``i`` of the results is frame
-    ``start + i`` of the video.
+    its parents, if missing).  Returns the paths written.  With a frame range, row ``i`` of the
+    results is frame ``start + i`` of the video.
     """
     reader = VideoReader(video, start, stop)
     out_dir = output_folder(out_dir) if out_dir is not None else reader.path.parent
@@ -47,14 +47,15 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     done = 0
     with contextlib.ExitStack() as stack:
         # Exits in reverse order: the labeled video is committed (or discarded) before the results.
-        writer = stack.enter_context(ResultWriter(out_dir, stem, bodyparts, max_individuals, scorer=scorer, csv=csv))
+        writer = stack.enter_context(ResultWriter(out_dir, stem, bodyparts, max_individuals, scorer=scorer,
+                                                  csv=csv))
         labeled = None
         if labeled_video:
             from superanimal_jax.analysis.plotting import LabeledVideoWriter
 
             labeled = stack.enter_context(LabeledVideoWriter(
-                out_dir / f'{stem}_{scorer}_labeled_before_adapt.mp4', reader.fps, (reader.width, reader.height),
-                pcutoff=pcutoff, bbox_threshold=bbox_threshold))
+                out_dir / f'{stem}_{scorer}_labeled_before_adapt.mp4', reader.fps,
+                (reader.width, reader.height), pcutoff=pcutoff, bbox_threshold=bbox_threshold))
         in_flight = collections.deque()
 
         def batches():
@@ -62,7 +63,8 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
                 in_flight.append(batch)
                 yield batch.frames, batch.count
 
-        with tqdm(total=len(reader) or None, unit='frame', desc=stem, disable=not progress, smoothing=0.1) as bar:
+        with tqdm(total=len(reader) or None, unit='frame', desc=stem, disable=not progress,
+                  smoothing=0.1) as bar:
             for predictions in pipeline.stream(batches()):
                 batch = in_flight.popleft()
                 writer.write(predictions)
@@ -100,7 +102,8 @@ def analyze_videos(videos: Sequence[str | os.PathLike], model, out_dir: str | os
         raise FileNotFoundError(f'no such video file: {", ".join(missing)}')
     if out_dir is not None and videos:
         output_folder(out_dir)
-    return {video: analyze_video(video, model, out_dir, **options) for video in parallel.process_share(videos)}
+    return {video: analyze_video(video, model, out_dir, **options)
+            for video in parallel.process_share(videos)}
 
 
 def _plot(h5: Path, path: Path, max_individuals: int, bodyparts, pcutoff: float) -> Path:
@@ -122,8 +125,8 @@ def analyze_images(images: Sequence[str | os.PathLike] | str | os.PathLike, mode
 
     Returns ``{path: {'keypoints': (M, 27, 3), 'boxes': (M, 4), 'box_scores': (M,)}}``.  With
     ``out_dir`` (made, with its parents, if missing), also writes ``<name>_<scorer>.h5`` (indexed
-    by image path), ``.json`` and, with ``labeled``, ``<image stem>_labeled.png`` per image.  Images of different sizes are batched
-    by size (one compiled detector per size).
+    by image path), ``.json`` and, with ``labeled``, ``<image stem>_labeled.png`` per image.
+    Images of different sizes are batched by size (one compiled detector per size).
     """
     if isinstance(images, (str, os.PathLike)):
         images = [images]
@@ -166,7 +169,8 @@ def _write_images(results, loaded, out_dir, bodyparts, max_individuals, scorer, 
     with atomic_path(out_dir / f'{name}_{scorer}.h5') as temp:
         write_h5(frame, temp)
     with atomic_path(out_dir / f'{name}_{scorer}.json') as temp:
-        temp.write_text(json.dumps({str(p): {'bodyparts': r['keypoints'].tolist(), 'bboxes': r['boxes'].tolist(),
+        temp.write_text(json.dumps({str(p): {'bodyparts': r['keypoints'].tolist(),
+                                             'bboxes': r['boxes'].tolist(),
                                              'bbox_scores': r['box_scores'].tolist()}
                                     for p, r in results.items()}))
     if labeled:

@@ -1,12 +1,5 @@
-"""Labeled videos and trajectory plots in DeepLabCut's SuperAnimal style.
-
-Facts from DeepLabCut 3.0.2 (``utils/make_labeled_video.py: create_video``, and
-``modelzoo/utils.py: get_superanimal_colormaps`` for the colours): one colour per bodypart from
-the SuperAnimal-TopViewMouse colour map, a filled disk of radius 6 where the likelihood is
-strictly above ``pcutoff`` (0.1 for SuperAnimal video inference), detector boxes in red where
-the box score is at least ``bbox_threshold`` (0.9), ``mp4v`` video at the source frame rate.
-Drawing here uses OpenCV (fast, anti-aliasing off); the pixels of a disk's rim may differ from
-scikit-image's.
+"""Labeled videos and trajectory plots in DeepLabCut's SuperAnimal style (drawn with OpenCV and
+matplotlib).  What DeepLabCut 3.0.2 draws and how we match it: ``docs/parity/plotting.md``.
 """
 
 from __future__ import annotations
@@ -70,12 +63,15 @@ class LabeledVideoWriter:
         if not self._writer.isOpened():
             self._writer.release()
             self._atomic.__exit__(OSError, OSError(), None)
-            raise OSError(f'cannot write a {codec} video at {self.path} (folder not writable, or codec missing)')
+            raise OSError(f'cannot write a {codec} video at {self.path} '
+                          '(folder not writable, or codec missing)')
 
     def __enter__(self) -> LabeledVideoWriter:
         return self
 
     def write(self, frame: np.ndarray, keypoints: np.ndarray, boxes=None, box_scores=None) -> None:
+        """Append the uint8 RGB ``frame`` with ``keypoints (M, K, 3)`` and COCO ``boxes (M, 4)`` drawn
+        (:func:`draw_frame`, with this writer's ``pcutoff`` and ``bbox_threshold``)."""
         drawn = draw_frame(frame, keypoints, boxes, box_scores, pcutoff=self.pcutoff,
                            bbox_threshold=self.bbox_threshold)
         self._writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))

@@ -1,24 +1,7 @@
-"""Released PyTorch weights -> a converted model directory that :func:`superanimal_jax.load` reads.
+"""Released PyTorch weights -> a converted model directory that :func:`superanimal_jax.load` reads,
+for the detector and pose files in the layouts DeepLabCut and the seed release use.
 
-Files are read without executing code from them (:mod:`superanimal_jax.checkpoints.torch_file`).  The
-detector: the seed's ``detector.pt`` (``model_state_dict``), DeepLabCut 3 snapshots such as
-``superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt`` (``model``) or a bare state dict, 404
-keys under ``model.``.  Pose files:
-
-* the seed's ``pose_model.pth``: ``{'model_state_dict': ...}`` holding DeepLabCut 3's backbone
-  keys, the head as one ``ConvTranspose2d`` named ``heads.bodypart.heatmap_head.model``
-  (``.weight`` / ``.bias``, no ``.0``) and timm's ``downsamp_modules``, ``final_layer`` and
-  ``classifier`` tensors (no ``incre_modules``).  Evidence: DeepLabCut's own loader for these
-  files, ``_parse_model_snapshot`` in ``deeplabcut/pose_estimation_pytorch/modelzoo/utils.py``
-  (in the parent of commit ffcd2908c, "SuperAnimal Model Updates #2756"), drops exactly those
-  three timm prefixes and renames a key whose first four parts are
-  ``heads.bodypart.heatmap_head.model`` by putting ``deconv_layers.0`` in the fourth part, then
-  loads the result strictly: a ``model.0.weight`` key would become ``deconv_layers.0.0.weight``
-  and fail that load.  Other entries beside the weights (an optimizer state, an epoch, metadata,
-  as older DeepLabCut 3 snapshots hold) are not loaded; the model directory's metadata lists them;
-* DeepLabCut 3 snapshots such as ``superanimal_topviewmouse_hrnet_w32.pt``:
-  ``{'model': ..., 'metadata': ...}``;
-* a bare state dict.
+Parity with DeepLabCut: docs/parity/conversion.md.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""The released SuperAnimal-TopViewMouse weights from the DeepLabCut model hub, converted once and cached.
+"""The released SuperAnimal-TopViewMouse weights from the DeepLabCut model hub, converted once and
+cached.
 
-Where DeepLabCut 3.0.2 gets them (``dlclibrary/dlcmodelzoo/modelzoo_urls_pytorch.yaml``): the
-Hugging Face repository ``mwmathis/DeepLabCutModelZoo-SuperAnimal-TopViewMouse``, files
-``superanimal_topviewmouse_hrnet_w32.pt`` and
-``superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt``.  Downloads go to the usual Hugging
-Face cache (``HF_HOME`` / ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` uses only what is there).
-Converted models are cached in ``$SUPERANIMAL_JAX_CACHE`` (default ``~/.cache/superanimal_jax``),
-one directory per pair of weight files, keyed by their sha256.
+Parity with DeepLabCut: docs/parity/hub.md.
 """
 
 from __future__ import annotations
@@ -28,6 +23,7 @@ DETECTOR_FILE = 'superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt'
 
 
 def default_cache_dir() -> Path:
+    """Where converted models are cached: ``$SUPERANIMAL_JAX_CACHE``, else ``~/.cache/superanimal_jax``."""
     return Path(os.environ.get('SUPERANIMAL_JAX_CACHE') or Path.home() / '.cache' / 'superanimal_jax')
 
 

@@ -1,13 +1,7 @@
-"""The converted model directory: one orbax checkpoint per network plus ``metadata.json``.
+"""The converted model directory: one orbax checkpoint per network plus ``metadata.json``, written
+atomically and read back.
 
-::
-
-    DIR/metadata.json   format version, converter version, per network: variant, keypoint
-                        names, source file name + sha256, what was ignored and why; licence
-    DIR/pose/           orbax checkpoint of {'params': ..., 'batch_stats': ...}
-
-Directories are written under a temporary name and renamed into place, so a crash never leaves
-a directory that looks complete.
+Parity with DeepLabCut: docs/parity/model_dir.md.
 """
 
 from __future__ import annotations
@@ -40,6 +34,8 @@ LICENCE_NOTICE = (
 
 
 def default_keypoints(config: PoseConfig) -> tuple[str, ...]:
+    """The 27 SuperAnimal-TopViewMouse names for a 27-keypoint model, else ``keypoint0``,
+    ``keypoint1``, ..."""
     if config.num_keypoints == len(TOPVIEWMOUSE_KEYPOINTS):
         return TOPVIEWMOUSE_KEYPOINTS
     return tuple(f'keypoint{i}' for i in range(config.num_keypoints))
@@ -77,6 +73,7 @@ def write(out: str | os.PathLike, networks: dict[str, dict], sections: dict[str,
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
+    """The ``metadata.json`` of the model directory ``path``, checked to be of this format version."""
     path = Path(path)
     if not path.is_dir():
         raise ModelDirError(f'{path} is not a converted model directory (no such directory); '

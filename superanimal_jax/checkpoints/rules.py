@@ -25,6 +25,7 @@ from superanimal_jax.errors import ConversionError
 # ---------------------------------------------------------------------------------------------
 
 def identity(a: np.ndarray) -> np.ndarray:
+    """The tensor unchanged: the default transform, for tensors laid out alike in PyTorch and Flax."""
     return a
 
 
@@ -79,6 +80,7 @@ class Rule:
     transform: Callable[[np.ndarray], np.ndarray] = identity
 
     def apply(self, key: str) -> str | None:
+        """The Flax path for ``key``, or None if ``pattern`` does not fully match it."""
         match = re.fullmatch(self.pattern, key)
         if match is None:
             return None
@@ -102,10 +104,13 @@ class ConversionTable(NamedTuple):
 
 @dataclasses.dataclass
 class ConversionReport:
+    """What a conversion did: the source keys loaded (and where) and those ignored, by reason."""
+
     loaded: dict[str, str]  # source key -> target path
     ignored: dict[str, list[str]]  # reason -> source keys
 
     def summary(self) -> dict:
+        """A JSON-able account: the number of keys loaded and, per reason, of keys ignored."""
         return {'loaded': len(self.loaded),
                 'ignored': [{'reason': r, 'count': len(k)} for r, k in self.ignored.items()]}
 
@@ -119,6 +124,7 @@ def flatten(tree: Mapping) -> dict[str, object]:
 
 
 def unflatten(flat: Mapping[str, object]) -> dict:
+    """``{'a/b/c': leaf}`` -> nested dicts (the inverse of :func:`flatten`)."""
     tree: dict = {}
     for path, leaf in flat.items():
         node = tree

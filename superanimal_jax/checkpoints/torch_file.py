@@ -252,7 +252,8 @@ def read_checkpoint(path) -> object:
             prefix = pickles[0][: -len("data.pkl")]
             byteorder = "little"
             if f"{prefix}byteorder" in archive.NameToInfo:
-                byteorder = _read_record(archive, f"{prefix}byteorder", path).decode("ascii", "replace").strip()
+                byteorder = _read_record(archive, f"{prefix}byteorder", path).decode(
+                    "ascii", "replace").strip()
             if byteorder not in ("little", "big"):
                 raise CheckpointError(f"{path}: unknown byteorder record {byteorder!r}")
             data = _read_record(archive, pickles[0], path)

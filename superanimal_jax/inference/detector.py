@@ -33,7 +33,8 @@ class Detector:
     """
 
     def __init__(self, variables, *, num_classes: int = 2, score_threshold: float = 0.6, dtype=jnp.float32,
-                 nms_method: str = 'cpu', torch_version: str = detector_input.DEFAULT_TORCH_VERSION, mesh=None):
+                 nms_method: str = 'cpu', torch_version: str = detector_input.DEFAULT_TORCH_VERSION,
+                 mesh=None):
         self.dtype = parallel.compute_dtype(dtype)
         self.network = DetectorNetwork(num_classes, dtype=self.dtype)
         # Which torch CPU resize arithmetic to reproduce (see detector_input.DEFAULT_TORCH_VERSION).
@@ -47,6 +48,9 @@ class Detector:
         self._detect = jax.jit(self._detect_batch, static_argnames=('max_detections', 'with_taps'))
 
     def features(self, images) -> dict:
+        """The backbone, FPN and RPN head alone on normalised, padded ``images (N, H, W, 3)`` (H and W
+        multiples of 32), split over the mesh: named taps ``C2``..``C5``, ``fpn/<level>``,
+        ``rpn_logits`` and ``rpn_deltas``."""
         if np.ndim(images) != 4 or np.shape(images)[-1] != 3:
             raise ValueError(f'images must be (N, H, W, 3), got shape {np.shape(images)}')
         if np.shape(images)[1] % 32 or np.shape(images)[2] % 32:
@@ -55,6 +59,8 @@ class Detector:
         return self._run(self._features, images)
 
     def classify(self, roi_features):
+        """The RoI box head alone, split over the mesh: pooled ``roi_features (R, 7, 7, 256)`` ->
+        ``(class_logits, box_deltas)``."""
         return self._run(self._classify, roi_features)
 
     def _run(self, fn, batch, **options):
@@ -74,7 +80,8 @@ class Detector:
 
     def preprocess(self, frames):
         """uint8 frames -> (normalised, resized, padded images, resized size ``(h, w)``), with
-        the resize arithmetic of ``torch_version``'s CPU kernel (:mod:`superanimal_jax.transforms.detector_input`)."""
+        the resize arithmetic of ``torch_version``'s CPU kernel
+        (:mod:`superanimal_jax.transforms.detector_input`)."""
         return detector_input.preprocess(frames, torch_version=self.torch_version)
 
     def _detect_batch(self, variables, frames, max_detections: int, with_taps: bool):

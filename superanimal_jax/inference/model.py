@@ -71,7 +71,8 @@ def load(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> SuperAnima
         section = metadata['detector']
         variant = section.get('variant', 'fasterrcnn_resnet50_fpn_v2')
         if variant not in DETECTOR_VARIANTS:
-            raise ModelDirError(f'{path}: unknown detector variant {variant!r}; known: {sorted(DETECTOR_VARIANTS)}')
+            raise ModelDirError(f'{path}: unknown detector variant {variant!r}; '
+                                f'known: {sorted(DETECTOR_VARIANTS)}')
         num_classes = int(section.get('num_classes', DETECTOR_VARIANTS[variant]))
         variables = model_dir.read_variables(path, 'detector', detector_variables_shape(num_classes))
         detector = Detector(variables, num_classes=num_classes, dtype=dtype, mesh=mesh)

@@ -1,14 +1,6 @@
-"""The top-down SuperAnimal pipeline: detector -> square crops -> pose -> keypoints in the frame.
-
-DeepLabCut's ``video_inference_superanimal`` semantics: the first ``max_individuals`` detections
-(torchvision's output is sorted by score) become COCO boxes, each is cropped with context to
-256x256 (:mod:`superanimal_jax.transforms.crops`), the pose model predicts 27 keypoints per crop, and they
-are mapped back to frame pixels.  Absent individuals are padded with -1 (keypoints, boxes, box
-scores), so every frame gives arrays of the same shape.
-
-Shapes stay static: the detector compiles once per (batch, height, width), the pose model once
-per ``pose_batch_size`` (crops are packed and the last chunk padded).  :meth:`stream` overlaps the
-next batch's detector run (dispatched asynchronously) with the current batch's crops and pose.
+"""The top-down SuperAnimal pipeline: detector -> square crops -> pose -> keypoints in the frame,
+with DeepLabCut's ``video_inference_superanimal`` semantics and static shapes.
+How it matches DeepLabCut: ``docs/parity/pipeline.md``.
 """
 
 from __future__ import annotations
@@ -30,8 +22,8 @@ class TopDownPipeline:
     :class:`superanimal_jax.PoseEstimator`).
     """
 
-    def __init__(self, detector, pose, *, max_individuals: int = 10, crop_size: tuple[int, int] = (256, 256),
-                 pose_batch_size: int = 32):
+    def __init__(self, detector, pose, *, max_individuals: int = 10,
+                 crop_size: tuple[int, int] = (256, 256), pose_batch_size: int = 32):
         if detector is None or pose is None:
             raise ValueError('the top-down pipeline needs both a detector and a pose model '
                              '(convert both files into the model directory)')
@@ -60,7 +52,8 @@ class TopDownPipeline:
         for start in range(0, len(frames), batch_size):
             chunk = frames[start:start + batch_size]
             if len(chunk) < batch_size:
-                chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk),) + frames.shape[1:], np.uint8)])
+                chunk = np.concatenate(
+                    [chunk, np.zeros((batch_size - len(chunk),) + frames.shape[1:], np.uint8)])
             batches.append((chunk, min(batch_size, len(frames) - start)))
         parts = list(self.stream(batches))
         if not parts:
@@ -101,7 +94,8 @@ class TopDownPipeline:
         return out
 
 
-def keypoints_in_frames(pose, frames, owners, boxes, *, crop_size=(256, 256), chunk: int = 32) -> np.ndarray:
+def keypoints_in_frames(pose, frames, owners, boxes, *, crop_size=(256, 256),
+                        chunk: int = 32) -> np.ndarray:
     """Top-down pose for COCO ``boxes (B, 4)``, box ``b`` in ``frames[owners[b]]``: ``(B, K, 3)``
     keypoints in frame pixels.
 
@@ -127,7 +121,8 @@ def pose_on_boxes(pose, frames, boxes, *, crop_size=(256, 256), chunk: int = 32)
     owners = np.concatenate([np.full(len(b), j) for j, b in enumerate(boxes)]).astype(int)
     if not len(owners):
         return [np.zeros((0, 0, 3), np.float32) for _ in frames]
-    keypoints = keypoints_in_frames(pose, frames, owners, np.concatenate(boxes), crop_size=crop_size, chunk=chunk)
+    keypoints = keypoints_in_frames(pose, frames, owners, np.concatenate(boxes), crop_size=crop_size,
+                                    chunk=chunk)
     return [keypoints[owners == j] for j in range(len(frames))]
 
 
@@ -135,7 +130,8 @@ def check_frames(frames) -> np.ndarray:
     """uint8 RGB ``(N, H, W, 3)``, or a clear error."""
     frames = np.asarray(frames)
     if frames.ndim == 3 and frames.shape[-1] == 3:
-        raise ValueError(f'frames must be a batch (N, H, W, 3); got one frame {frames.shape}: use frames[None]')
+        raise ValueError(f'frames must be a batch (N, H, W, 3); got one frame {frames.shape}: '
+                         'use frames[None]')
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f'frames must be uint8 RGB (N, H, W, 3), got shape {frames.shape}')
     if frames.dtype != np.uint8:

@@ -1,17 +1,5 @@
-"""Result files in DeepLabCut's SuperAnimal conventions, streamed and committed atomically.
-
-* ``<stem>_<scorer>.h5``: a pandas DataFrame under key ``df_with_missing`` (PyTables ``table``
-  format), columns ``(scorer, individuals, bodyparts, coords)`` with coords ``x, y,
-  likelihood``, float32, one row per frame indexed by frame number; absent individuals are -1.
-* ``<stem>_<scorer>.csv`` (optional): the same frame, as ``DataFrame.to_csv`` writes it.
-* ``<stem>_<scorer>_before_adapt.json``: a list over frames of ``{"bodyparts": (M, K, 3),
-  "bboxes": (M, 4) xywh, "bbox_scores": (M,)}``, -1 padded, as DeepLabCut writes it.
-
-Rows are buffered and written ``chunk_rows`` at a time, so memory stays bounded and the files do
-not depend on how frames were batched.  Everything goes to hidden temporary files beside the
-results; only :meth:`ResultWriter.close` renames them into place, so an interrupted run never
-leaves a file that looks complete.  Frames that could not be decoded are NaN in the h5/csv and
-``null`` in the json.
+"""Result files in DeepLabCut's SuperAnimal conventions (h5, optional csv, ``_before_adapt.json``),
+streamed and committed atomically.  Formats and guarantees: ``docs/parity/results.md``.
 """
 
 from __future__ import annotations
@@ -145,10 +133,13 @@ class ResultWriter:
             self.abort()
 
     def write(self, predictions: dict[str, np.ndarray]) -> None:
+        """Append the next frames' ``keypoints``, ``boxes`` and ``box_scores``: h5/csv rows of
+        keypoints and, when the json is written, one json entry per frame."""
         keypoints = np.asarray(predictions['keypoints'], np.float32)
         n = len(keypoints)
         if keypoints.shape[1:] != self.shape + (3,):
-            raise ValueError(f'keypoints must be (n, {self.shape[0]}, {self.shape[1]}, 3), got {keypoints.shape}')
+            raise ValueError(f'keypoints must be (n, {self.shape[0]}, {self.shape[1]}, 3), '
+                             f'got {keypoints.shape}')
         self._rows(keypoints.reshape(n, -1))
         if self._json is not None:
             for i in range(n):

@@ -1,10 +1,5 @@
-"""Streaming video frames: decoded by OpenCV in a background thread, handed out in fixed-size batches.
-
-Memory is bounded by the queue (``queue_size`` batches of ``batch_size`` frames), whatever the
-video's length.  Frames are RGB uint8, as DeepLabCut reads them (``cv2.VideoCapture`` BGR, then
-reversed channels).  A video whose container promises more frames than can be decoded is
-*truncated*: the frames before the damage are delivered, ``VideoReader.truncated_at`` records
-where decoding stopped, and a warning says so.
+"""Streaming video frames: decoded by OpenCV in a background thread, handed out in fixed-size batches
+of RGB uint8 frames, as DeepLabCut reads them.  Details: ``docs/parity/video.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +20,8 @@ from superanimal_jax.errors import TruncatedVideoWarning, VideoError
 
 @dataclasses.dataclass
 class Batch:
+    """One fixed-size batch of decoded frames: ``frames``, how many are real, and where it starts."""
+
     frames: np.ndarray  # (batch_size, H, W, 3) uint8 RGB; rows past ``count`` are zero padding.
     count: int  # Real frames in this batch.
     start: int  # Index (in the video) of the first frame.

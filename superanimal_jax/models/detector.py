@@ -20,6 +20,8 @@ from superanimal_jax.nn.resnet import ResNet50Body
 
 
 class Backbone(nn.Module):
+    """torchvision's ``BackboneWithFPN``: ResNet-50 ``body`` (C2..C5) and its ``fpn``; returns both."""
+
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -29,6 +31,8 @@ class Backbone(nn.Module):
 
 
 class RPN(nn.Module):
+    """torchvision's ``RegionProposalNetwork`` network part: the shared ``head`` over FPN levels."""
+
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -37,6 +41,8 @@ class RPN(nn.Module):
 
 
 class RoIHeads(nn.Module):
+    """torchvision's ``RoIHeads`` network part: ``box_head`` then ``box_predictor`` on pooled RoIs."""
+
     num_classes: int = 2
     dtype: Dtype = jnp.float32
 
@@ -47,10 +53,13 @@ class RoIHeads(nn.Module):
 
 
 class DetectorNetwork(nn.Module):
+    """The Faster R-CNN networks (``backbone``, ``rpn``, ``roi_heads``) as DeepLabCut's ``model.``."""
+
     num_classes: int = 2
     dtype: Dtype = jnp.float32
 
     def setup(self):
+        """Creates the ``backbone``, ``rpn`` and ``roi_heads`` submodules."""
         self.backbone = Backbone(dtype=self.dtype)
         self.rpn = RPN(dtype=self.dtype)
         self.roi_heads = RoIHeads(self.num_classes, dtype=self.dtype)

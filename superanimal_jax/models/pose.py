@@ -1,7 +1,8 @@
 """The top-down pose model: HRNet backbone, DeepLabCut's heatmap head and its predictor.
 
 Input: crops ``(N, H, W, 3)`` float32, RGB, normalised as DeepLabCut normalises them
-(:func:`superanimal_jax.transforms.normalize.normalize_crops`); H and W multiples of 32 (256x256 for SuperAnimal).
+(:func:`superanimal_jax.transforms.normalize.normalize_crops`); H and W multiples of 32
+(256x256 for SuperAnimal).
 Output: raw heatmaps ``(N, H/4, W/4, K)``, no activation; keypoints decoded from their argmax.
 """
 
@@ -19,6 +20,8 @@ from superanimal_jax.nn.layers import Dtype
 
 @dataclasses.dataclass(frozen=True)
 class PoseConfig:
+    """A pose model variant: the HRNet backbone configuration and the number of keypoints."""
+
     backbone: HRNetConfig = HRNET_W32
     num_keypoints: int = 27
 

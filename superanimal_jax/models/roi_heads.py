@@ -18,6 +18,8 @@ from superanimal_jax.ops import boxes, nms
 
 
 class BoxHead(nn.Module):
+    """torchvision's ``FastRCNNConvFCHead`` (v2): ConvBN+ReLU x 4, flatten (NHWC), Linear, ReLU."""
+
     channels: int = 256
     num_convs: int = 4
     representation: int = 1024
@@ -33,12 +35,15 @@ class BoxHead(nn.Module):
 
 
 class BoxPredictor(nn.Module):
+    """torchvision's ``FastRCNNPredictor``: ``(cls_score, bbox_pred)`` Linear outputs."""
+
     num_classes: int = 2
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=jnp.float32, name=name)  # noqa: E731
+        dense = lambda n, name: nn.Dense(  # noqa: E731
+            n, dtype=self.dtype, param_dtype=jnp.float32, name=name)
         return dense(self.num_classes, 'cls_score')(x), dense(4 * self.num_classes, 'bbox_pred')(x)
 
 

@@ -27,6 +27,8 @@ class ConvReLU(nn.Module):
 
 
 class Convs(nn.Module):
+    """The RPN head's ``conv`` tower: ``depth`` ``ConvReLU`` layers named ``'0'`` ..."""
+
     depth: int
     features: int
     dtype: Dtype = jnp.float32

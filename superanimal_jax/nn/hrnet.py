@@ -1,15 +1,7 @@
-"""HRNet backbone as DeepLabCut builds it for SuperAnimal models.
+"""HRNet backbone as DeepLabCut builds it for SuperAnimal models (timm's ``hrnet_w32``, features-only).
 
-DeepLabCut wraps timm's ``hrnet_w32`` in features-only mode and keeps only the stride-4 output
-of branch 0.  Module names mirror timm's (``conv1``, ``layer1``, ``transition1``, ``stage2`` ...)
-and ``nn.Sequential`` indices become children named ``'0'``, ``'1'`` ..., so a PyTorch key such as
-``stage3.3.fuse_layers.2.0.1.0.weight`` lives at ``stage3/3/fuse_layers/2/0/1/0/kernel``.
-
-One deliberate difference: the last module of the last stage computes only output 0.  timm also
-computes its fuse outputs 1-3 (``stage4.2.fuse_layers.{1,2,3}``, 769,984 parameters) and
-DeepLabCut throws them away, so they have no effect on any output and receive no gradient in
-DeepLabCut's training.  We neither compute nor store them; the converter skips their keys with
-that reason.
+Module names mirror timm's; the last stage's last module computes only output 0 (all DeepLabCut uses).
+Parity with DeepLabCut/timm: docs/parity/hrnet.md.
 """
 
 from __future__ import annotations
@@ -81,6 +73,8 @@ class Blocks(nn.Module):
 
 
 class Branches(nn.Module):
+    """timm's ``branches``: one :class:`Blocks` of BasicBlocks per resolution, named ``'0'`` ..."""
+
     num_blocks: tuple[int, ...]
     channels: tuple[int, ...]
     dtype: Dtype = jnp.float32
@@ -136,6 +130,8 @@ class FuseOutput(nn.Module):
 
 
 class FuseLayers(nn.Module):
+    """timm's ``fuse_layers``: outputs ``0 .. num_outputs - 1`` (:class:`FuseOutput`), named ``'0'`` ..."""
+
     channels: tuple[int, ...]
     num_outputs: int
     dtype: Dtype = jnp.float32
@@ -147,6 +143,8 @@ class FuseLayers(nn.Module):
 
 
 class HighResolutionModule(nn.Module):
+    """timm's ``HighResolutionModule``: ``branches`` then ``fuse_layers``; returns a list of maps."""
+
     num_blocks: tuple[int, ...]
     channels: tuple[int, ...]
     num_outputs: int
@@ -159,6 +157,9 @@ class HighResolutionModule(nn.Module):
 
 
 class Stage(nn.Module):
+    """timm's ``stageN``: ``spec.num_modules`` modules named ``'0'`` ...; if ``last``, the final one
+    returns only output 0."""
+
     spec: StageSpec
     last: bool = False  # The backbone's last stage: its last module only produces output 0.
     dtype: Dtype = jnp.float32

@@ -23,7 +23,8 @@ class Bottleneck(nn.Module):
     def __call__(self, x):
         d = self.dtype
         y = nn.relu(batch_norm(name='bn1', dtype=d)(conv(self.planes, 1, name='conv1', dtype=d)(x)))
-        y = nn.relu(batch_norm(name='bn2', dtype=d)(conv(self.planes, 3, self.stride, name='conv2', dtype=d)(y)))
+        y = nn.relu(batch_norm(name='bn2', dtype=d)(
+            conv(self.planes, 3, self.stride, name='conv2', dtype=d)(y)))
         y = batch_norm(name='bn3', dtype=d)(conv(4 * self.planes, 1, name='conv3', dtype=d)(y))
         if self.downsample:
             x = ConvBN(4 * self.planes, 1, self.stride, relu=False, name='downsample', dtype=d)(x)

@@ -1,17 +1,7 @@
 """torchvision's ``AnchorGenerator`` for Faster R-CNN ResNet50-FPN, on the host in numpy.
 
-Anchors depend only on static sizes (the padded input and the FPN feature sizes), so they are
-computed once per resolution in numpy and passed to the jitted model as a constant.  Float32
-arithmetic as torchvision's (``models/detection/anchor_utils.py``):
-
-* cell anchors per level: ``h_r = sqrt(float32(ratio))``, ``w_r = 1 / h_r``,
-  ``ws = w_r * size``, ``hs = h_r * size`` (ratio-major, then size), rows
-  ``round([-ws, -hs, ws, hs] / 2)`` with round-half-to-even;
-* grid: ``stride = padded // grid`` per axis (integer division of the *padded* tensor size:
-  for the 'pool' level of an 800-row input, ``800 // 13 = 61``, not 64), shifts ``x * stride``
-  from 0 (anchors centred on the top-left corner of each cell, no half-stride offset);
-* order: level-major, then y, then x, then the cell anchors (the 3 aspect ratios 0.5, 1, 2),
-  which is the order of the RPN's flattened logits and deltas.
+Computed once per resolution and passed to the jitted model as a constant.
+Parity with torchvision: docs/parity/anchors.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
 """Box arithmetic of torchvision's Faster R-CNN, bit for bit in float32: pure jittable functions.
 
 Boxes are ``(..., 4)`` arrays ``(x1, y1, x2, y2)`` in pixels of the resized (un-padded) image.
-Widths are ``x2 - x1`` (no ``+ 1``), as torchvision computes them.
-
-Float32 parity (checked against torchvision 0.29 on CPU by ``tests/test_boxes.py``):
-
-* Every operation is one IEEE float32 operation in torchvision's order, so results are
-  bit-identical, with one exception: ``exp``.  XLA's float32 ``exp`` and torch's (SLEEF's
-  vectorised ``expf`` on CPU, glibc ``expf`` on the tail of a vector) differ by 1 ulp for about
-  10 % of arguments; a decoded coordinate then differs by at most a few ulp (the tests bound it).
-* XLA rewrites a division by a broadcast value into a multiplication by its reciprocal; the
-  weights are divided through :func:`divide`, which keeps an IEEE division.
-* XLA on CPU contracts ``a * b + c`` into a fused multiply-add, which rounds once instead of
-  twice (about 20 % of random float32 triples change).  torch never does.  Every product that
-  feeds an addition here goes through :func:`rounded`, which blocks the contraction.
-* Python-float constants are rounded to float32 before use, as torch does for a float32 tensor
-  (``clamp(max=c)``, ``w >= min_size``): ``small_box_mask(b, 0.01)`` keeps a width equal to
-  ``float32(0.01)``, which is below the double 0.01.
+Parity with torchvision: docs/parity/boxes.md.
 """
 
 from __future__ import annotations

@@ -1,35 +1,7 @@
 """Greedy non-maximum suppression with torchvision's semantics, static shapes and validity masks.
 
-torchvision (``ops/boxes.py``, ``csrc/ops/{cpu,cuda}/nms_kernel*``; 0.29 checked):
-
-* ``nms``: sort scores descending (``stable=True`` in both the CPU and the CUDA kernel of current
-  torchvision, so equal scores keep the lower index first), then greedily keep each box not yet
-  suppressed and suppress every later box ``j`` with ``IoU(i, j) > thr`` (strict), IoU in float32
-  exactly as :func:`superanimal_jax.ops.boxes.intersection_over_union`.  The CPU kernel compares the
-  float32 IoU with the *double* threshold; the CUDA kernel with ``float32(thr)``.  Both are the
-  same for 0.5 and 0.7; here the CPU rule is used (largest float32 ``<= thr``).
-* ``batched_nms`` picks one of two paths by the number of **elements** ``4 * n`` of the boxes it
-  is given (after the caller's filters): ``> 4000`` on CPU (``> 100 000`` on CUDA, ``> 20 000``
-  in torchvision <= 0.17) -> per-group ("vanilla") NMS, else the coordinate-offset trick.
-  Faster R-CNN: the RPN's ~4.7k candidates (~18.7k elements) take **per_group on CPU** and
-  **offset on CUDA**; the box head's <= 1000 candidates (<= 4000 elements) take **offset on
-  both**.  ``method='cpu'``/``'cuda'`` reproduce that dispatch from the number of valid boxes.
-* offset trick: ``boxes + groups * (max(boxes) + 1)`` in float32, then one ``nms``.  The shift
-  changes the float32 rounding of every IoU, so its decisions near the threshold differ from
-  unshifted NMS; reproduced exactly (the maximum is over *valid* boxes, all 4 coordinates).
-* per_group: ``nms`` for each group separately, kept indices then ordered by
-  ``scores.sort(descending=True)``, a sort that is **not stable** on CPU for more than 16
-  elements: kept boxes of *different* groups with *equal* scores can come out in a different
-  order there.  Here ties always keep the lower index first
-  (``tests/test_nms.py::test_rpn_cpu_path_per_group`` shows the difference on a golden: same kept
-  set, same score sequence, tied probabilities of 1.0 in another order).
-
-Algorithm (CPU/TPU friendly, no N x N matrix): sort once (valid first, score descending, index
-ascending); walk the sorted boxes in blocks of ``block_size``; each block is first tested against
-the kept boxes so far (a ``(block, max_output)`` IoU), then resolved within itself by a fixed
-point on its ``(block, block)`` suppression matrix; the walk stops once ``max_output`` boxes are
-kept, which cannot change the first ``max_output`` kept boxes.  Work is ``N * max_output`` IoUs
-at most; on 2 CPU cores, N = 4663 / max_output = 1000 runs in 2-8 ms, N = 1000 / 100 in ~1 ms.
+``nms`` and ``batched_nms`` (offset trick, per-group, or torchvision's CPU/CUDA dispatch), blockwise.
+Parity with torchvision: docs/parity/nms.md.
 """
 
 from __future__ import annotations

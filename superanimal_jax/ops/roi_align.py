@@ -1,36 +1,7 @@
 """torchvision's ``MultiScaleRoIAlign`` as Faster R-CNN runs it, as pure static-shape functions.
 
-Layout NHWC, float32, one image (``jax.vmap`` for a batch).  RoIs are ``(R, 4)`` xyxy boxes in
-input-image pixels; R is static and rows may be padding (they give finite output).
-
-RoIAlign with ``aligned=False`` (torchvision's ``csrc/ops/cpu/roi_align_kernel.cpp``), per RoI,
-all float32, each operation rounded once, in this order:
-
-* ``start = x1 * scale``, ``width = max(x2 * scale - start, 1)``, ``bin = width / pooled``
-  (likewise for y);
-* sample points ``s = (start + p * bin) + ((i + 0.5) * bin) / n`` for bin ``p`` and sub-sample
-  ``i < n = sampling_ratio``;
-* a sample with ``!(y >= -1 && y <= H && x >= -1 && x <= W)`` contributes 0; otherwise
-  ``y = max(y, 0)``, ``y_low = int(y)``, and if ``y_low >= H - 1`` then
-  ``y_low = y_high = H - 1, y = y_low`` else ``y_high = y_low + 1``; ``ly = y - y_low``,
-  ``hy = 1 - ly`` (likewise for x);
-* ``val = ((hy*hx * v(yl, xl) + hy*lx * v(yl, xh)) + ly*hx * v(yh, xl)) + ly*lx * v(yh, xh)``
-  with each weight rounded first;
-* ``out = (((val_00 + val_01) + val_10) + val_11) / 4``, samples summed with x fastest.
-
-This matches torchvision's CPU kernel bit for bit (tests/test_roi_align.py).  Two things stand
-in the way in XLA and are defeated explicitly: its CPU backend contracts ``a * b + c`` into one
-fused multiply-add (one rounding instead of two), and it turns a division by a constant into a
-multiplication by the rounded reciprocal.  See :func:`superanimal_jax.ops.boxes.rounded` and :func:`superanimal_jax.ops.boxes.divide`.
-
-Level assignment (torchvision's ``LevelMapper``, FPN paper eq. 1, float32):
-``level = clamp(floor(4 + log2(sqrt(area) / 224) + 1e-6), k_min, k_max) - k_min`` with
-``area = (x2 - x1) * (y2 - y1)``.  That is a non-decreasing step function of the float32 area,
-so it is evaluated as comparisons of the area against float32 thresholds fixed on the host
-(:func:`area_thresholds`); no ``log2`` or ``sqrt`` runs on the device, so XLA's own
-approximations cannot move a box across a level.  torch's float32 ``sqrt`` on CPU is not
-correctly rounded (measured: about 1 result in 5 is one ulp off), which moves torchvision's
-4 -> 5 step one float32 area below where IEEE arithmetic puts it; the thresholds are torchvision's.
+NHWC float32, one image; RoIs ``(R, 4)`` xyxy in input-image pixels, padding rows allowed.
+Parity with torchvision (RoIAlign kernel, LevelMapper): docs/parity/roi_align.md.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ class TrainConfig(DataConfig):
         parallel.compute_dtype(self.compute_dtype)
         if len(self.milestones) != len(self.milestone_lrs):
             raise ValueError('milestones and milestone_lrs must have the same length')
-        for name in ('batch_size', 'epochs', 'eval_interval', 'save_interval', 'log_interval', 'keep_checkpoints',
-                     'workers'):
+        for name in ('batch_size', 'epochs', 'eval_interval', 'save_interval', 'log_interval',
+                     'keep_checkpoints', 'workers'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         for name in ('steps', 'save_interval_steps'):

@@ -1,39 +1,7 @@
-"""Training batches for top-down fine-tuning, made as DeepLabCut's ``PoseDataset`` makes them.
+"""Training batches for top-down fine-tuning, made as DeepLabCut's ``PoseDataset`` makes them:
+one item per labelled individual, deterministic and resumable order and augmentation, fixed-size batches.
 
-One training item is one labelled individual of one frame.  For each item, in DeepLabCut's
-order (``PoseDataset.__getitem__``, top-down branch):
-
-1. the frame, uint8 RGB, and the individual's keypoints ``(K, 3)`` in frame pixels (``v = 2``
-   labelled, ``0`` not labelled, ``-1`` masked pseudo-label);
-2. its box from the keypoints with ``v > 0``: min/max widened by ``bbox_margin``, clipped to the
-   frame, COCO ``x, y, w, h`` (DeepLabCut computes it when the labels are loaded, before
-   augmentation);
-3. the augmentation of the *full frame* with keypoints and box (:mod:`superanimal_jax.transforms.augment`),
-   normalised to float32;
-4. the box truncated to integers, then the same square crop with context as at inference
-   (:mod:`superanimal_jax.transforms.crops`), but from the normalised frame, so padding is 0 in normalised
-   space (the mean colour) rather than black;
-5. keypoints into the crop, ``(p - offset) / scale``; those outside ``[0, 256]`` get ``v = 0``; a
-   box augmented out of the frame gives a blank crop with every ``v = 0``;
-6. Gaussian targets and weights (:mod:`superanimal_jax.training.targets`).
-
-Why our own loader rather than grain: a DeepLabCut project is a few hundred frames, so an epoch
-is a permutation of item indices.  We make each epoch's order a pure function of ``(seed,
-epoch)`` and each item's augmentation a pure function of ``(seed, epoch, position)``; the whole
-iterator state is two integers (JSON, saved with every orbax checkpoint), and a resumed run sees
-exactly the batches an uninterrupted one would.  Items are prepared by a thread pool (OpenCV releases
-the GIL) several batches ahead of the device.
-
-Batches have a fixed size: DeepLabCut's loader keeps the last, smaller batch of an epoch
-(``drop_last=False``); we fill it with blank items whose weights are all 0, which adds nothing to
-the loss sum or to the count of non-zero weights, so loss and gradients are those of the smaller
-batch and one compiled step serves every batch.
-
-With several processes (multi-host training) each process prepares only its block of every
-global batch: process ``p`` of ``P`` makes rows ``p * B/P .. (p + 1) * B/P``; the blocks are
-joined into the global batch on the devices (:func:`superanimal_jax.parallel.global_batch`).
-Order and augmentation depend on global positions only, so the global batch is the same whatever
-the number of processes.
+Parity with DeepLabCut: docs/parity/training_data.md.
 """
 
 from __future__ import annotations
@@ -109,15 +77,15 @@ class DataConfig:
 
 
 class TrainData:
-    """Deterministic, resumable batches of ``items`` (see the module docstring).
+    """Deterministic, resumable batches of ``items`` (see docs/parity/training_data.md).
 
     ``read_image(path) -> uint8 RGB``; frames are cached in memory once read.  With
     ``process_count > 1``, :meth:`batch` returns this process's rows of each global batch.
     """
 
-    def __init__(self, items: list[Item], config: DataConfig = DataConfig(), *, seed: int = 42, stride: int = 4,
-                 read_image: Callable[[str], np.ndarray] = read_image, process_index: int = 0,
-                 process_count: int = 1):
+    def __init__(self, items: list[Item], config: DataConfig = DataConfig(), *, seed: int = 42,
+                 stride: int = 4, read_image: Callable[[str], np.ndarray] = read_image,
+                 process_index: int = 0, process_count: int = 1):
         if not items:
             raise ValueError('no training items: every frame of the training split is unlabelled')
         if config.batch_size < 1:
@@ -137,6 +105,7 @@ class TrainData:
         return math.ceil(len(self.items) / self.config.batch_size)
 
     def frame(self, path: str) -> np.ndarray:
+        """The image at ``path``, read once and then kept in memory."""
         if path not in self._frames:
             self._frames[path] = self._read_image(path)
         return self._frames[path]
@@ -146,7 +115,8 @@ class TrainData:
         return np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.items))
 
     def sample(self, index: int, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        """One item through steps 2-5 (no augmentation when ``rng`` is None)."""
+        """One item through steps 2-5 of docs/parity/training_data.md (no augmentation when ``rng`` is
+        None)."""
         item = self.items[index]
         image = self.frame(item.image)
         h, w = image.shape[:2]
@@ -195,11 +165,13 @@ class TrainData:
         return self._executor
 
     def close(self) -> None:
+        """Shut down the thread pool that prepares items, if one was started."""
         if hasattr(self, '_executor'):
             self._executor.shutdown(wait=False, cancel_futures=True)
             del self._executor
 
     def iterator(self, state: dict | None = None, *, num_epochs: int | None = None) -> TrainIterator:
+        """A :class:`TrainIterator` from ``state`` (default: the start), stopping after ``num_epochs``."""
         return TrainIterator(self, state, num_epochs=num_epochs)
 
 
@@ -216,6 +188,7 @@ class TrainIterator:
         self._background = concurrent.futures.ThreadPoolExecutor(1)
 
     def get_state(self) -> dict:
+        """``{'epoch': e, 'step': s}``: the position of the next batch to be returned."""
         return {'epoch': self.epoch, 'step': self.step}
 
     def _advance(self, position):
@@ -242,6 +215,7 @@ class TrainIterator:
         return batch
 
     def close(self) -> None:
+        """Cancel the batches being prepared and stop the background thread."""
         for _, future in self._pending:
             future.cancel()
         self._background.shutdown(wait=False, cancel_futures=True)

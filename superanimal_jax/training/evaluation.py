@@ -43,7 +43,8 @@ def evaluate_frames(pose, project: Project, frames: Sequence[int], task: Task, *
         raise ProjectError('no labelled frames to evaluate')
     predicted = pose_on_boxes(pose, images, boxes, chunk=chunk)
     predictions = {n: p[:, task.channels] for n, p in zip(names, predicted)}
-    return metrics_lib.compute_metrics(ground_truth, predictions, single_animal=single_animal, pcutoff=pcutoff)
+    return metrics_lib.compute_metrics(ground_truth, predictions, single_animal=single_animal,
+                                       pcutoff=pcutoff)
 
 
 def pseudo_labels(pose, project: Project, frames, task: Task, *, bbox_margin: int = BBOX_MARGIN) -> dict:

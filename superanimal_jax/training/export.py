@@ -12,7 +12,8 @@ from superanimal_jax.models.pose import PoseConfig
 from superanimal_jax.training.modes import Task
 
 
-def export_model(path: Path, source, pose_config: PoseConfig, variables: dict, task: Task, training: dict) -> Path:
+def export_model(path: Path, source, pose_config: PoseConfig, variables: dict, task: Task,
+                 training: dict) -> Path:
     """A model directory with the fine-tuned pose network (and the source's detector, if any)."""
     pose_section = dict(source.metadata['pose'])
     pose_section.update({'num_keypoints': pose_config.num_keypoints, 'keypoints': list(task.keypoint_names),

@@ -44,8 +44,9 @@ class _Run:
     num_epochs: int
 
 
-def train(project: str | Path | Project, model: str | Path, out: str | Path, config: TrainConfig = TrainConfig(),
-          *, callbacks: Sequence[Callable[[int, dict], None]] = (), progress: bool = True, mesh=None) -> dict:
+def train(project: str | Path | Project, model: str | Path, out: str | Path,
+          config: TrainConfig = TrainConfig(), *, callbacks: Sequence[Callable[[int, dict], None]] = (),
+          progress: bool = True, mesh=None) -> dict:
     """Fine-tune the pose model of the model directory ``model`` on ``project``, writing to ``out``.
 
     Resumes from ``out/checkpoints`` if present (bit-identical to an uninterrupted run);
@@ -83,7 +84,8 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
     state, data_state = checkpoints.restore(init_state(variables['params'], optimizer, config.seed, mesh))
     start = int(state['step'])
     if start > run.total_steps:
-        raise ValueError(f'{out} already holds a checkpoint at step {start}, past the {run.total_steps} steps asked for')
+        raise ValueError(f'{out} already holds a checkpoint at step {start}, past the {run.total_steps} '
+                         f'steps asked for')
     log = RunLog(out / 'log.jsonl', start, write=primary)
     eval_cache: dict = {}
 
@@ -129,8 +131,10 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path, con
         run.data.close()
         checkpoints.close()
     if not record:  # Resumed a finished run: report its last evaluation.
-        record = next((r for r in reversed(log.records()) if 'epoch' in r and any('.rmse' in k for k in r)), {})
-    paths = _finalise(out, run, config, model, pose_config, state, local_batch_stats, checkpoints, log, primary)
+        record = next((r for r in reversed(log.records())
+                       if 'epoch' in r and any('.rmse' in k for k in r)), {})
+    paths = _finalise(out, run, config, model, pose_config, state, local_batch_stats, checkpoints, log,
+                      primary)
     multihost_utils.sync_global_devices('superanimal_jax.train: done')
     return {'metrics': record, 'state': state, 'paths': paths, 'task': run.task, 'split': run.split}
 
@@ -172,7 +176,8 @@ def _prepare(project, model, out: Path, config: TrainConfig, primary: bool) -> _
     total_steps = config.steps or config.epochs * data.steps_per_epoch
     if primary:
         check_run(out, config, model, len(items))
-    return _Run(project, source, task, split, data, total_steps, math.ceil(total_steps / data.steps_per_epoch))
+    return _Run(project, source, task, split, data, total_steps,
+                math.ceil(total_steps / data.steps_per_epoch))
 
 
 def _finalise(out: Path, run: _Run, config: TrainConfig, model, pose_config, state, batch_stats,
@@ -180,11 +185,13 @@ def _finalise(out: Path, run: _Run, config: TrainConfig, model, pose_config, sta
     """``OUT/model`` (and ``OUT/model-best``) model directories and ``OUT/training.png``."""
     paths = {'log': out / 'log.jsonl', 'split': out / 'split.json', 'checkpoints': out / 'checkpoints',
              'model': out / 'model', 'plot': out / 'training.png'}
-    metadata = {'mode': config.mode, 'project': str(run.project.path), 'source_model': str(Path(model).absolute()),
+    metadata = {'mode': config.mode, 'project': str(run.project.path),
+                'source_model': str(Path(model).absolute()),
                 'config': json.loads(json.dumps(dataclasses.asdict(config))), 'steps': run.total_steps}
     if primary:
         export_model(paths['model'], run.source, pose_config,
-                     {'params': parallel.local_copy(state['params']), 'batch_stats': batch_stats}, run.task, metadata)
+                     {'params': parallel.local_copy(state['params']), 'batch_stats': batch_stats}, run.task,
+                     metadata)
     best = checkpoints.best_params(state['params']) if run.split.test else None  # Every process restores.
     if best is not None:
         best_step, best_params = best

@@ -1,47 +1,7 @@
-"""Pose evaluation metrics exactly as DeepLabCut 3.0.2 computes them (``core.metrics.compute_metrics``).
+"""Pose evaluation metrics exactly as DeepLabCut 3.0.2 computes them (``core.metrics.compute_metrics``):
+RMSE (also over scores >= pcutoff), OKS, greedy matching, mAP and mAR; numpy only.
 
-Numpy only; the results are DeepLabCut's to the bit (``tests/test_metrics.py`` checks them against
-goldens made by DeepLabCut itself, ``tests/reference/make_metric_fixtures.py``).  The definitions:
-
-* **Inputs.**  Per image, ground truth ``(n_individuals, K, 3)`` as ``x, y, visibility`` and
-  predictions ``(n_predictions, K, 3)`` as ``x, y, score``.  A GT keypoint with ``v <= 0`` becomes
-  NaN (all three values); so does a predicted keypoint with ``score < 0`` (the ``-1`` padding; a
-  score of exactly 0 is kept).  A keypoint is *valid* when none of its three values is NaN; a row
-  (individual or prediction) with no valid keypoint is dropped, and predictions are ordered by their
-  mean score (``nanmean``), highest first, ties in input order.
-* **"RMSE" is a mean Euclidean distance**, not a root mean square: the sum of ``||pred - gt||`` over
-  all matched (prediction, keypoint) pairs whose distance is not NaN, divided by their number.
-  ``rmse_pcutoff`` is the same over the pairs with ``score >= pcutoff`` (a scalar, or one cutoff per
-  bodypart; a longer list is cut to the first ``K``, the rest being DeepLabCut's unique bodyparts).
-  Single-animal data pair the one prediction with the one individual; otherwise predictions are
-  matched greedily (below) at OKS ``>= 1e-6``, **always with sigma 0.1 and no bbox margin**: DeepLabCut
-  does not pass ``oks_sigma`` or ``oks_bbox_margin`` on to its RMSE matching.  Unmatched predictions
-  do not count.  NaN when nothing counts.
-* **OKS** of a prediction against one individual: the individual's *visible* keypoints are those whose
-  x and y are not both NaN (at least 2 are needed, else NaN); ``area = prod(ptp(visible xy) + eps +
-  2 * margin)`` (the tight box around them, eps = ``np.spacing(1)``), NaN if ``np.isclose(area, 0)``,
-  which is the case whenever the visible keypoints lie on a horizontal or vertical line and the margin
-  is 0; ``OKS = mean(exp(-d^2 / (2 * area * (2 * sigma)^2)))`` over the visible keypoints, a NaN
-  predicted coordinate counting as infinitely far (0).  Sigma is one scalar (0.1) for every keypoint
-  unless an array of ``K`` is given.
-* **Greedy matching** (pycocotools-like, but with no fall-back): in score order each prediction takes
-  the individual with its highest non-NaN OKS (the first on ties) if that individual is still free and
-  the OKS reaches the threshold; if the best one is taken, the prediction stays unmatched.
-* **mAP / mAR** use only individuals and predictions with at least 2 valid keypoints.  For each OKS
-  threshold ``linspace(0.5, 0.95, 10)``: all images' predictions, matched at that threshold, sorted by
-  score; cumulative TP (matched) and FP (unmatched); recall ``TP / n_gt``, precision ``TP / (TP + FP +
-  eps)`` made non-increasing from the right and read at recalls ``linspace(0, 1, 101)`` with
-  ``searchsorted(side='left')`` (0 past the last recall).  ``mAP = 100 * mean precision``, ``mAR = 100
-  * mean final recall``; both 0 when no prediction is left anywhere.
-
-Quirks that follow from these rules and that we keep: a GT keypoint with ``v = NaN`` keeps its
-coordinates (``NaN <= 0`` is false), so it counts in the OKS box and in RMSE though not as *valid*;
-a predicted keypoint with a NaN score but finite x, y counts in OKS and RMSE but not in the mean
-score or ``rmse_pcutoff``; a GT individual with one NaN coordinate among its visible keypoints has a
-NaN OKS and is never matched.  Float32 inputs stay float32 where DeepLabCut's arithmetic keeps them
-(distances, their sums, the comparison with a scalar pcutoff).  Not ported: unique bodyparts,
-per-keypoint RMSE and ``rmse_detections`` (DeepLabCut's training loop and ``evaluate_network``
-switch the latter off).
+Parity with DeepLabCut: docs/parity/metrics.md.
 """
 
 from __future__ import annotations
@@ -121,7 +81,8 @@ def oks_matrix(gt_xy: np.ndarray, pred_xy: np.ndarray, sigma: float | np.ndarray
     return out
 
 
-def oks(pred_xy: np.ndarray, gt_xy: np.ndarray, sigma: float | np.ndarray = 0.1, margin: float = 0.0) -> float:
+def oks(pred_xy: np.ndarray, gt_xy: np.ndarray, sigma: float | np.ndarray = 0.1,
+        margin: float = 0.0) -> float:
     """OKS of one prediction ``(K, 2)`` against one individual ``(K, 2)`` (NaN if undefined)."""
     return float(oks_matrix(np.asarray(gt_xy)[None], np.asarray(pred_xy)[None], sigma, margin)[0, 0])
 
@@ -148,7 +109,8 @@ def pixel_errors(data: Sequence[Image], single_animal: bool) -> tuple[np.ndarray
             if len(gt) > 1 or len(pred) > 1:
                 raise ValueError(f'single_animal: at most one individual and one prediction per image, got '
                                  f'{len(gt)} and {len(pred)}')
-            if len(gt) == 0 or len(pred) == 0:  # Nothing to pair: no row at all (a NaN row would change the sums).
+            # Nothing to pair: no row at all (a NaN row would change the sums).
+            if len(gt) == 0 or len(pred) == 0:
                 continue
             matched = np.zeros(1, int)
         else:
@@ -166,7 +128,8 @@ def pixel_errors(data: Sequence[Image], single_animal: bool) -> tuple[np.ndarray
     return np.concatenate(errors), np.concatenate(scores)
 
 
-def rmse(data: Sequence[Image], single_animal: bool, pcutoff: float | Sequence[float] = 0.6) -> tuple[float, float]:
+def rmse(data: Sequence[Image], single_animal: bool,
+         pcutoff: float | Sequence[float] = 0.6) -> tuple[float, float]:
     """DeepLabCut's ``rmse`` and ``rmse_pcutoff`` (mean distances, NaN when nothing counts)."""
     errors, scores = pixel_errors(data, single_animal)
     support = int(np.sum(~np.isnan(errors)))
@@ -217,23 +180,26 @@ def average_precision_recall(data: Sequence[Image], sigma: float | np.ndarray = 
 
 
 def compute_metrics(ground_truth: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray], *,
-                    single_animal: bool, pcutoff: float | Sequence[float] = 0.6, oks_sigma: float | np.ndarray = 0.1,
-                    oks_bbox_margin: float = 0.0) -> dict[str, float]:
+                    single_animal: bool, pcutoff: float | Sequence[float] = 0.6,
+                    oks_sigma: float | np.ndarray = 0.1, oks_bbox_margin: float = 0.0) -> dict[str, float]:
     """DeepLabCut's ``compute_metrics``: ``rmse``, ``rmse_pcutoff`` (pixels), ``mAP`` and ``mAR`` (0-100).
 
-    ``ground_truth`` and ``predictions`` map the same image names to ``(n, K, 3)`` arrays (see the
-    module docstring); ``pcutoff`` is a scalar or one value per keypoint, ``oks_sigma`` a scalar or
+    ``ground_truth`` and ``predictions`` map the same image names to ``(n, K, 3)`` arrays (see
+    docs/parity/metrics.md); ``pcutoff`` is a scalar or one value per keypoint, ``oks_sigma`` a scalar or
     ``K`` values (mAP/mAR only; RMSE matching always uses 0.1 and no margin, as DeepLabCut does).
     """
     data = prepare(ground_truth, predictions)
     n_keypoints = data[0][0].shape[1] if data else None
-    if np.ndim(pcutoff) > 1 or (np.ndim(pcutoff) == 1 and n_keypoints is not None and len(pcutoff) < n_keypoints):
+    if np.ndim(pcutoff) > 1 or (np.ndim(pcutoff) == 1 and n_keypoints is not None
+                                and len(pcutoff) < n_keypoints):
         raise ValueError(f'pcutoff must be a scalar or have one value per keypoint ({n_keypoints}), '
                          f'got shape {np.shape(pcutoff)}')
     if np.ndim(oks_sigma):
         oks_sigma = np.asarray(oks_sigma, np.float64)
         if oks_sigma.ndim != 1 or (n_keypoints is not None and len(oks_sigma) != n_keypoints):
-            raise ValueError(f'oks_sigma must be a scalar or have {n_keypoints} values, got {oks_sigma.shape}')
+            raise ValueError(f'oks_sigma must be a scalar or have {n_keypoints} values, '
+                             f'got {oks_sigma.shape}')
     average_precision, average_recall = average_precision_recall(data, oks_sigma, oks_bbox_margin)
     distance, distance_cutoff = rmse(data, single_animal, pcutoff)
-    return {'rmse': distance, 'rmse_pcutoff': distance_cutoff, 'mAP': average_precision, 'mAR': average_recall}
+    return {'rmse': distance, 'rmse_pcutoff': distance_cutoff, 'mAP': average_precision,
+            'mAR': average_recall}

@@ -21,7 +21,7 @@ from superanimal_jax.training.project import Project
 
 def init_variables(mode: str, variables: dict, channels: np.ndarray | None, num_keypoints: int,
                    seed: int = 0) -> dict:
-    """The starting variables for ``mode`` from the SuperAnimal ones (see the module docstring)."""
+    """The starting variables for ``mode`` from the SuperAnimal ones (see docs/parity/fine_tuning.md)."""
     params = jax.tree_util.tree_map(np.asarray, variables['params'])
     head = dict(params['head']['deconv'])
     if mode == 'convert':
@@ -29,7 +29,8 @@ def init_variables(mode: str, variables: dict, channels: np.ndarray | None, num_
     elif mode == 'transfer':
         rng = np.random.default_rng([seed, 3])
         in_features = head['kernel'].shape[2]
-        head = {'kernel': (0.001 * rng.standard_normal((1, 1, in_features, num_keypoints))).astype(np.float32),
+        head = {'kernel': (0.001 * rng.standard_normal((1, 1, in_features, num_keypoints))
+                           ).astype(np.float32),
                 'bias': np.zeros(num_keypoints, np.float32)}
     params = {**params, 'head': {'deconv': head}}
     return {'params': params, 'batch_stats': jax.tree_util.tree_map(np.asarray, variables['batch_stats'])}
@@ -107,7 +108,8 @@ def make_items(project: Project, frames: Sequence[int], task: Task, *, sizes: di
                 fill[task.channels[labels[:, 2] > 0]] = False
                 confident = predicted[:, 2] >= replay_threshold
                 keypoints[fill] = np.where(confident[fill, None],
-                                           np.concatenate([predicted[fill, :2], np.full((fill.sum(), 1), 2.0)], 1),
+                                           np.concatenate([predicted[fill, :2],
+                                                           np.full((fill.sum(), 1), 2.0)], 1),
                                            np.array([0.0, 0.0, -1.0]))
                 truth = bbox_from_keypoints(labels, height, width, bbox_margin)
                 guess = bbox_from_keypoints(np.concatenate([predicted[:, :2], confident[:, None] * 2.0], 1),

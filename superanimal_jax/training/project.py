@@ -1,16 +1,7 @@
-"""DeepLabCut projects: ``config.yaml``, labelled frames and SuperAnimal conversion tables.
+"""DeepLabCut projects: ``config.yaml``, labelled frames and SuperAnimal conversion tables, read,
+checked and split into train and test frames.
 
-A project folder holds ``config.yaml`` and ``labeled-data/<video>/CollectedData_<scorer>.h5``
-(or ``.csv``), one row per labelled frame, columns ``scorer/bodyparts/coords`` (single animal) or
-``scorer/individuals/bodyparts/coords`` (multi-animal), NaN where a keypoint is not labelled.
-Row names are ``labeled-data/<video>/<image>`` strings or, in newer projects, the same three parts
-as a tuple.
-
-:func:`read_project` reads all of it into arrays and checks it: a missing image, a frame with no
-label at all, or a conversion table naming an unknown bodypart fails with a :class:`ProjectError`
-that names them.  :meth:`Project.split` is a deterministic train/test split (a seeded permutation
-of the frames, ``TrainingFraction`` of them for training, as DeepLabCut splits), recorded by the
-trainer next to its checkpoints.
+Parity with DeepLabCut: docs/parity/project.md.
 """
 
 from __future__ import annotations
@@ -36,12 +27,14 @@ class Split:
     train_fraction: float
 
     def to_json(self, project: Project) -> dict:
+        """The split as JSON, frames named by their paths in ``project`` (as ``split.json`` holds it)."""
         return {'seed': self.seed, 'train_fraction': self.train_fraction,
                 'train': [project.images[i] for i in self.train],
                 'test': [project.images[i] for i in self.test]}
 
     @classmethod
     def from_json(cls, data: dict, project: Project) -> Split:
+        """The split recorded in ``data`` (:meth:`to_json`), its frame names looked up in ``project``."""
         index = {name: i for i, name in enumerate(project.images)}
         missing = [n for n in data['train'] + data['test'] if n not in index]
         if missing:
@@ -71,6 +64,7 @@ class Project:
         return bool(self.config.get('multianimalproject'))
 
     def image_path(self, index: int) -> Path:
+        """The path of frame ``index``'s image."""
         return self.path / self.images[index]
 
     def conversion_table(self, super_animal: str = 'superanimal_topviewmouse') -> dict[str, str]:
@@ -88,7 +82,8 @@ class Project:
         return {bp: str(table[bp]) for bp in self.bodyparts if bp in table}
 
     def conversion_array(self, super_animal_keypoints: tuple[str, ...],
-                         super_animal: str = 'superanimal_topviewmouse') -> tuple[tuple[str, ...], np.ndarray]:
+                         super_animal: str = 'superanimal_topviewmouse'
+                         ) -> tuple[tuple[str, ...], np.ndarray]:
         """The converted bodyparts (project order) and, for each, its SuperAnimal channel."""
         table = self.conversion_table(super_animal)
         unknown = sorted({v for v in table.values() if v not in super_animal_keypoints})
@@ -99,7 +94,8 @@ class Project:
             raise ProjectError(f'{CONVERSION_TABLES}.{super_animal} is empty')
         channels = [super_animal_keypoints.index(v) for v in table.values()]
         if len(set(channels)) != len(channels):
-            raise ProjectError(f'{CONVERSION_TABLES}.{super_animal} maps two bodyparts onto one keypoint: {table}')
+            raise ProjectError(f'{CONVERSION_TABLES}.{super_animal} maps two bodyparts onto one keypoint: '
+                               f'{table}')
         return tuple(table), np.asarray(channels, np.int64)
 
     def split(self, train_fraction: float | None = None, seed: int = 1) -> Split:
@@ -116,8 +112,8 @@ class Project:
         n_test = int(round(n * (1 - train_fraction)))
         if n_test >= n:
             raise ProjectError(f'a train fraction of {train_fraction} leaves no frame of {n} to train on')
-        return Split(tuple(sorted(int(i) for i in order[n_test:])), tuple(sorted(int(i) for i in order[:n_test])),
-                     seed, train_fraction)
+        return Split(tuple(sorted(int(i) for i in order[n_test:])),
+                     tuple(sorted(int(i) for i in order[:n_test])), seed, train_fraction)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -220,7 +216,8 @@ def read_project(path: str | Path, *, drop_unlabeled: bool = False) -> Project:
         names = [images[i] for i in np.flatnonzero(empty)]
         if not drop_unlabeled:
             raise ProjectError(f'{len(names)} frames have no labelled keypoint at all: {names[:5]}'
-                               + (' ...' if len(names) > 5 else '') + '; label them or pass drop_unlabeled=True '
+                               + (' ...' if len(names) > 5 else '')
+                               + '; label them or pass drop_unlabeled=True '
                                '(--drop-unlabeled) to leave them out')
         keep = np.flatnonzero(~empty)
         images, keypoints = [images[i] for i in keep], keypoints[keep]
@@ -230,4 +227,5 @@ def read_project(path: str | Path, *, drop_unlabeled: bool = False) -> Project:
 
 
 def write_split(path: str | Path, split: Split, project: Project) -> None:
+    """Write ``split`` to ``path`` as JSON (``split.json``, see :meth:`Split.to_json`)."""
     Path(path).write_text(json.dumps(split.to_json(project), indent=1) + '\n')

@@ -24,12 +24,14 @@ class RunLog:
         path.write_text(''.join(line + '\n' for line in kept))
 
     def write(self, record: dict) -> None:
+        """Append ``record`` as one JSON line (nothing on a process that does not write the log)."""
         if not self.enabled:
             return
         with open(self.path, 'a') as f:
             f.write(json.dumps(record) + '\n')
 
     def records(self) -> list[dict]:
+        """Every record in the file, in order; torn lines are dropped."""
         return [r for line in self.path.read_text().splitlines() if (r := _parse(line)) is not None]
 
 

@@ -12,8 +12,8 @@ from superanimal_jax.models.pose import PoseNetwork
 from superanimal_jax.training.targets import weighted_mse
 
 
-def make_train_step(network: PoseNetwork, optimizer: optax.GradientTransformation, *, with_grads: bool = False,
-                    mesh=None):
+def make_train_step(network: PoseNetwork, optimizer: optax.GradientTransformation, *,
+                    with_grads: bool = False, mesh=None):
     """``step(state, batch_stats, batch) -> (state, metrics)``, jitted, ``state`` donated.
 
     ``batch``: ``image`` (B, H, W, 3) normalised crops, ``targets`` and ``weights``

@@ -1,17 +1,7 @@
-"""DeepLabCut's heatmap targets and weighted MSE for top-down fine-tuning.
+"""DeepLabCut's heatmap targets (one Gaussian per keypoint, weights by visibility) and weighted MSE
+for top-down fine-tuning.
 
-Targets (``HeatmapGaussianGenerator`` as ``hrnet_w32.yaml`` configures it): one Gaussian per
-visible keypoint, centred on the keypoint in crop pixels and sampled at the heatmap cell centres
-``stride * i + stride / 2`` (``4i + 2``), standard deviation ``2 * pos_dist_thresh / 3`` crop pixels
-(17 -> 11.33), not truncated, computed in float64 and stored as float32.  Visibility ``v``:
-
-* ``v > 0``: the Gaussian is drawn, weight 1;
-* ``v == 0`` (not labelled, or outside the crop): the target is all zeros *with weight 1*, so
-  DeepLabCut trains unlabelled keypoints as absent;
-* ``v == -1`` (a masked pseudo-label in memory replay): the whole channel gets weight 0.
-
-The loss (``WeightedMSECriterion``): ``sum(w * (pred - target)**2)`` over the whole batch divided
-by the number of non-zero weights (1 if there are none).
+Parity with DeepLabCut: docs/parity/targets.md.
 """
 
 from __future__ import annotations

@@ -1,54 +1,8 @@
 """Training-time augmentation of full frames, as DeepLabCut 3.0.2 does it for SuperAnimal fine-tuning.
 
-DeepLabCut builds ``data.train`` of ``hrnet_w32.yaml`` into an albumentations 1.4.3 ``Compose``
-(``data/transforms.py: build_transforms``) and calls it through ``data/utils.py: apply_transform``
-on the whole frame, its keypoints and its boxes, before the top-down crop.  We reproduce that on
-the host with numpy and the same OpenCV calls, so images are bit-identical and coordinates equal
-to the last bit (``tests/test_augment.py`` checks this against albumentations itself).  In order:
-
-1. **Rotation** (``A.Affine(rotate=(-30, 30), scale=1, translate_px=0, keep_ratio=True, p=0.5)``):
-   with probability ``rotate_p`` an angle ``u ~ U(-30, 30)`` degrees; positive ``u`` turns the
-   picture counter-clockwise as displayed (y down): albumentations negates the draw, so the
-   matrix rotates by ``-u``, about ``(w / 2 - 0.5, h / 2 - 0.5)``.  The 3x3 matrix is the same
-   chain of float64 products albumentations builds with scikit-image (to the top-left corner,
-   -90 degrees, a zero y-shear, +90 degrees, the rotation, back to the centre), so it agrees to
-   the bit; the +-90 degree turns cancel only to ~1e-14, so a textbook rotation matrix would
-   move coordinates by up to ~1e-13 px (not the pixels).  The image goes through ``cv2.warpAffine`` (bilinear, constant border 0, same size);
-   keypoints through ``cv2.transform`` (float64); a box becomes the enclosing box of its four
-   rotated corners (``rotate_method='largest_box'``).  A matrix ``np.allclose`` to the identity
-   (angle 0, or below about 1e-8 degrees) changes nothing, as in albumentations.
-2. **Gaussian noise** (``A.GaussNoise(var_limit=(0, 12.75 ** 2), mean=0, per_channel=True,
-   p=0.5)``): with probability ``noise_p`` a variance ``U(0, noise_std ** 2)``, so ``noise_std``
-   is the *largest* standard deviation; i.i.d. float64 noise per pixel and channel (we draw it
-   from its own seed, :func:`gaussian_noise`), added to the float32 image in float64, clipped to
-   [0, 255] and truncated (not rounded) to uint8.
-3. **Auto-padding** (``A.PadIfNeeded(pad_*_divisor=32, position='random',
-   border_mode=BORDER_REFLECT_101)``): each side grows to the next multiple of ``pad_divisor``;
-   the extra rows split as ``top ~ U{0..rows}`` (both ends included) and ``bottom = rows - top``,
-   the same for columns; reflect-101 border (``cv2.copyMakeBorder``); keypoints and boxes shift
-   by ``(left, top)``.
-4. **Normalisation**: ImageNet mean and std exactly as ``normalize_crops`` (and albumentations'
-   ``Normalize``) computes them, float32, on the whole padded frame; in numpy, so the host
-   pipeline needs no device round trip.
-
-Boxes (COCO ``x, y, w, h`` pixels) travel as albumentations keeps them: normalised corners
-``(x / w_img, y / h_img, (x + w) / w_img, (y + h) / h_img)``, back to pixels at each size change.
-After *every* step (applied or not) they are clipped to the frame ([0, 1] normalised) and one
-whose clipped area is 0 is dropped; a dropped box comes back as zeros, as DeepLabCut fills it
-(``BboxParams(format='coco')``: no min area or visibility).  Input boxes must lie inside the
-frame (DeepLabCut clips them; albumentations refuses others).
-
-Keypoints (``KeypointParams('xy', remove_invisible=False)``) are never dropped nor clipped: those
-pushed out keep their coordinates.  The ``visible`` mask is DeepLabCut's visibility update
-(``out_of_bounds_keypoints``): a keypoint is visible if labelled (not NaN), inside the input frame
-and inside the output frame, inside meaning ``0 <= x <= width`` and ``0 <= y <= height``
-(edges included).  Unlabelled keypoints are NaN and stay NaN (DeepLabCut carries them as
-``(0, 0)`` with ``v = 0``; their coordinates never matter).  A caller with flags sets
-``v = 0`` where ``v > 0`` and not ``visible``.
-
-Every random decision is drawn by :func:`sample_params` from the caller's
-``numpy.random.Generator`` (always the same number of draws, whatever is applied), and
-:func:`apply` is a pure function of the inputs and those parameters, so training is reproducible.
+On the host in numpy and OpenCV, in order: rotation, Gaussian noise, auto-padding, normalisation;
+random draws by :func:`sample_params`, applied by the pure :func:`apply`.
+Parity with DeepLabCut/albumentations: docs/parity/augment.md.
 """
 
 from __future__ import annotations
@@ -81,6 +35,8 @@ class TrainAugmentation:
 
 
 class Augmented(NamedTuple):
+    """What :func:`apply` returns: the normalised frame, keypoints, visibility and boxes."""
+
     image: np.ndarray  # (H', W', 3) float32, normalised.
     keypoints: np.ndarray  # (K, 2) float64, NaN where unlabelled.
     visible: np.ndarray  # (K,) bool.

@@ -1,18 +1,7 @@
 """Top-down crops around detector boxes, as DeepLabCut 3.0.2 makes them for SuperAnimal models.
 
-For each box (COCO ``x, y, w, h``, float32):
-
-* centre ``cx = x + w / 2``; the shorter side grows to the longer one (a square of side
-  ``max(w, h)``, same centre);
-* integer corners ``round(cx -+ side / 2)``, rounding half to even.  DeepLabCut 3.0.2 runs under
-  numpy 2, so this box arithmetic is float32 throughout (NEP 50: float32 scalars stay float32
-  against Python numbers), which we reproduce with float32 arrays;
-* the corners may leave the frame: the outside is black (uint8 0) padding;
-* the padded crop is resized to 256x256 by OpenCV's uint8 ``INTER_LINEAR`` (fixed-point, half-pixel
-  centres).  We call OpenCV itself, so crops are bit-identical; it runs on the host, costing well
-  under a millisecond a crop (see ``benchmarks/pipeline_throughput.py``);
-* crop pixel ``p`` maps back to the frame as ``p * scale + offset`` with ``offset`` the unclipped
-  top-left corner and ``scale = side_in_pixels / 256`` (float64, the result stored as float32).
+Windows about each box at the output's aspect ratio (square for 256x256), black outside the frame,
+resized by OpenCV on the host.  Parity with DeepLabCut: docs/parity/crops.md.
 """
 
 from __future__ import annotations

@@ -1,30 +1,7 @@
 """The detector's preprocessing: DeepLabCut's Normalize, then torchvision's GeneralizedRCNNTransform.
 
-What DeepLabCut 3.0.2 does to a frame before the Faster R-CNN (read in its source and run):
-both detector runner builders (``apis/utils.py::get_inference_runners`` and
-``get_detector_inference_runner``) use ``build_transforms(detector.data.inference)``; the
-SuperAnimal detector config has ``normalize_images: true`` and nothing else, so the transform is
-one albumentations ``Normalize`` (ImageNet mean/std):
-``(float32(v) - float32(mean) * 255) * float32(1 / (float32(std) * 255))``.  ``ToTensor`` makes
-float32 CHW (no /255), ``ToBatch`` adds the batch axis.  torchvision's ``GeneralizedRCNNTransform``
-(DeepLabCut passes no ``image_mean``/``image_std``, so the defaults) then normalises AGAIN:
-``(x - float32(mean)) / float32(std)``, a float32 division.  Both steps are per-channel functions
-of the uint8 value: :func:`normalization_table`.  Then each image is resized (:func:`resized_size`,
-:func:`resize_bilinear`), zero-padded bottom/right to multiples of 32 (:func:`padded_size`; zero in
-normalised space) and, after detection, boxes are scaled back (:func:`rescale_boxes`).
-
-Bilinear resize, bit-exact: torch's CPU kernels evaluate with FMAs (the compiler contracts
-them); which kernel runs depends on the call, and whether the source index is an FMA depends on
-the torch build (:func:`torch_cpu_bilinear_kernel`; measured on torch 2.13 and 2.15).  XLA also
-contracts as it likes (on CPU it made ``a * b + c * d`` into ``fma(a, b, c * d)``, which happens
-to be torch's choice; another backend or version may differ), so the FMAs here are emulated with
-error-free transformations whose every product is exact, which makes the result independent of
-contraction: splits by bit masks, TwoSum, and Boldo & Melquiond's correctly rounded sum of three
-floats (a round-to-odd inner addition).  Not valid under XLA fast-math (reassociation) or for
-values near float32 underflow/overflow.  Cost: ~60 ms per 480x640 frame on 2 CPU cores.
-Index/weight tables depend only on sizes and are built on the host (float64 with round-to-odd,
-i.e. an exactly rounded float32 FMA).  torch's CUDA kernel has the same formula, but nvcc's
-contraction choices were not checked.
+Normalisation table, bit-exact bilinear resize, padding to multiples of 32, box rescaling.
+Parity with DeepLabCut/torchvision: docs/parity/detector_input.md.
 """
 
 from __future__ import annotations
@@ -151,7 +128,8 @@ def resize_bilinear(image, out_h: int, out_w: int, kernel: str = 'separable',
 
 
 def preprocess(frames, min_size: int = MIN_SIZE, max_size: int = MAX_SIZE, divisor: int = SIZE_DIVISIBLE, *,
-               torch_version: str = DEFAULT_TORCH_VERSION, kernel: str | None = None, index_fma: bool | None = None):
+               torch_version: str = DEFAULT_TORCH_VERSION, kernel: str | None = None,
+               index_fma: bool | None = None):
     """uint8 RGB ``(N, H, W, 3)`` -> ``(images (N, Hp, Wp, 3) float32, (h, w))``.
 
     Table lookup (:func:`normalization_table`), bilinear resize to ``(h, w) = resized_size``

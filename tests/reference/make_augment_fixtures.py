@@ -51,7 +51,8 @@ CHAIN = (  # image, angle (None: not applied), (std, seed) (None: not applied), 
     ('tiny', -21.0, (12.75, 14), (11, 1)),
 )
 OFF = (('crop', (6, 3)), ('img0045', (0, 0)))
-FULL = {('rotate', 'img0000', 30.0), ('rotate', 'crop', -30.0), ('rotate', 'tiny', 90.0), ('pad', 'tiny', (17, 1))}
+FULL = {('rotate', 'img0000', 30.0), ('rotate', 'crop', -30.0), ('rotate', 'tiny', 90.0),
+        ('pad', 'tiny', (17, 1))}
 STEP = 8  # Thumbnails: every 8th row and column.
 BBOX_MARGIN = 25  # DeepLabCut 3.0.2's typed DataConfig default.
 
@@ -108,7 +109,8 @@ def forced(compose, angle=None, noise=None, pad=None):
                 rows = params['pad_top'] + params['pad_bottom']
                 cols = params['pad_left'] + params['pad_right']
                 assert 0 <= pad[0] <= rows and 0 <= pad[1] <= cols, (pad, rows, cols)
-                params.update(pad_top=pad[0], pad_bottom=rows - pad[0], pad_left=pad[1], pad_right=cols - pad[1])
+                params.update(pad_top=pad[0], pad_bottom=rows - pad[0],
+                              pad_left=pad[1], pad_right=cols - pad[1])
                 return params
             t.update_params = update_params
     return compose

@@ -58,7 +58,8 @@ def main() -> None:
     np.savez_compressed(f'{args.out}/crops_golden.npz', frame=frame, boxes=b,
                         offsets=np.array(offsets, np.int64), scales=np.array(scales, np.float64),
                         sha256=np.array(digests), crops=np.stack(full),
-                        versions=np.str_(json.dumps({'deeplabcut': deeplabcut.__version__, 'opencv': cv2.__version__,
+                        versions=np.str_(json.dumps({'deeplabcut': deeplabcut.__version__,
+                                                     'opencv': cv2.__version__,
                                                      'numpy': np.__version__})))
 
 

@@ -70,7 +70,8 @@ def ground_truth(rng, mice: list[np.ndarray], p_missing: float = 0.15) -> np.nda
 
 def prediction(rng, xy: np.ndarray, sd: float, score: float = 0.65) -> np.ndarray:
     k = len(xy)
-    pred = np.concatenate([xy + rng.normal(0, sd, (k, 2)), np.clip(rng.normal(score, 0.12, (k, 1)), 0, 1)], -1)
+    pred = np.concatenate([xy + rng.normal(0, sd, (k, 2)),
+                           np.clip(rng.normal(score, 0.12, (k, 1)), 0, 1)], -1)
     pred[rng.random(k) < 0.15, 2] = 0.6  # Exactly on the default cutoff.
     pred[rng.random(k) < 0.03] = -1.0  # Padded keypoints.
     pred[rng.random(k) < 0.02, :2] = np.nan  # NaN coordinates with a positive score.
@@ -138,7 +139,8 @@ def degenerate() -> tuple[dict, dict]:
     vis = lambda xy, v=2.0: np.concatenate([xy, np.full((len(xy), 1), v)], -1)  # noqa: E731
     scored = lambda xy, s: np.concatenate([xy, np.broadcast_to(np.float64(s), (len(xy), 1))], -1)  # noqa: E731
 
-    a = {'gt': np.stack([vis(line), vis(point)]), 'pred': padded([scored(line + 1, 0.9), scored(point + 1, 0.8)], k, 3)}
+    a = {'gt': np.stack([vis(line), vis(point)]),
+         'pred': padded([scored(line + 1, 0.9), scored(point + 1, 0.8)], k, 3)}
 
     partial = vis(base)
     partial[2, 0] = np.nan  # x NaN, y and v fine: visible for OKS, NaN box.
@@ -191,7 +193,8 @@ def perfect(rng) -> tuple[dict, dict]:
 def scenarios() -> dict[str, dict]:
     rng = np.random.default_rng(SEED)
     multi = dict(single_animal=False, pcutoff=0.6, oks_sigma=0.1, oks_bbox_margin=0)
-    out = {'single_animal': dict(zip(('gt', 'pred'), single_animal(rng, 20)), **dict(multi, single_animal=True)),
+    out = {'single_animal': dict(zip(('gt', 'pred'), single_animal(rng, 20)),
+                                 **dict(multi, single_animal=True)),
            'multi_animal': dict(zip(('gt', 'pred'), multi_animal(rng, 18)), **multi)}
     gt, pred = multi_animal(rng, 14)
     cutoffs = np.round(rng.uniform(0.3, 0.9, K + 2), 3).tolist()
@@ -202,7 +205,8 @@ def scenarios() -> dict[str, dict]:
     gt['far.png'], pred['far.png'] = far_match(rng)
     out['sigma_margin'] = dict(gt=gt, pred=pred, **dict(multi, oks_sigma=0.05, oks_bbox_margin=10))
     sigmas = np.round(rng.uniform(0.025, 0.107, K), 3).tolist()
-    out['sigma_per_keypoint'] = dict(gt=gt, pred=pred, same_inputs_as='sigma_margin', **dict(multi, oks_sigma=sigmas))
+    out['sigma_per_keypoint'] = dict(gt=gt, pred=pred, same_inputs_as='sigma_margin',
+                                     **dict(multi, oks_sigma=sigmas))
     gt, pred = multi_animal(rng, 14, np.float32)
     for p in pred.values():
         p[..., 2][(p[..., 2] > 0.62) & (p[..., 2] < 0.75)] = np.float32(0.7)
@@ -211,8 +215,8 @@ def scenarios() -> dict[str, dict]:
     out['perfect'] = dict(zip(('gt', 'pred'), perfect(rng)), **multi)
     gt, pred = multi_animal(rng, 5)
     out['no_predictions'] = dict(gt=gt, pred={n: -np.ones_like(p) for n, p in pred.items()}, **multi)
-    out['no_ground_truth'] = dict(gt={n: np.where(np.arange(3) == 2, 0.0, g) for n, g in gt.items()}, pred=pred,
-                                  **multi)
+    out['no_ground_truth'] = dict(gt={n: np.where(np.arange(3) == 2, 0.0, g) for n, g in gt.items()},
+                                  pred=pred, **multi)
     two = ground_truth(rng, [mouse(rng), mouse(rng)], p_missing=0)
     out['single_animal_two_mice'] = dict(gt={'a.png': two}, pred={'a.png': padded([two[0]], n=1)},
                                          **dict(multi, single_animal=True))
@@ -222,8 +226,8 @@ def scenarios() -> dict[str, dict]:
 def matched_indices(gt: np.ndarray, matches) -> np.ndarray:
     """Which GT row each PotentialMatch holds (by memory address: DeepLabCut stores a view)."""
     rows = [g.__array_interface__['data'][0] for g in gt]
-    return np.array([-1 if m.gt is None else rows.index(m.gt.__array_interface__['data'][0]) for m in matches],
-                    np.int64)
+    return np.array([-1 if m.gt is None else rows.index(m.gt.__array_interface__['data'][0])
+                     for m in matches], np.int64)
 
 
 def main() -> None:
@@ -240,7 +244,8 @@ def main() -> None:
     for name, case in cases.items():
         gt, pred = case['gt'], case['pred']
         params = {k: case[k] for k in ('single_animal', 'pcutoff', 'oks_sigma', 'oks_bbox_margin')}
-        sigma = np.array(params['oks_sigma']) if isinstance(params['oks_sigma'], list) else params['oks_sigma']
+        sigma = (np.array(params['oks_sigma']) if isinstance(params['oks_sigma'], list)
+                 else params['oks_sigma'])
         out[f'{name}/params'] = np.str_(json.dumps(params))
         if 'same_inputs_as' in case:
             out[f'{name}/same_inputs_as'] = np.str_(case['same_inputs_as'])
@@ -251,7 +256,8 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', RuntimeWarning)  # 0 / 0 recall when there is no GT at all.
             try:
-                result = compute_metrics(gt, pred, single_animal=params['single_animal'], pcutoff=params['pcutoff'],
+                result = compute_metrics(gt, pred, single_animal=params['single_animal'],
+                                         pcutoff=params['pcutoff'],
                                          oks_bbox_margin=params['oks_bbox_margin'], oks_sigma=sigma,
                                          compute_detection_rmse=False)
             except ValueError as error:
@@ -266,7 +272,8 @@ def main() -> None:
             out[f'{name}/oks/{i}'] = compute_oks_matrix(g[:, :, :2], p[:, :, :2], oks_sigma=sigma,
                                                         oks_bbox_margin=params['oks_bbox_margin'])
             rmse_oks = compute_oks_matrix(g[:, :, :2], p[:, :, :2], oks_sigma=0.1)
-            out[f'{name}/rmse_match/{i}'] = matched_indices(g, match_greedy_oks(g, p, rmse_oks, oks_threshold=1e-6))
+            out[f'{name}/rmse_match/{i}'] = matched_indices(
+                g, match_greedy_oks(g, p, rmse_oks, oks_threshold=1e-6))
         print(name, {k: round(float(v), 6) for k, v in result.items()})
     out['scenarios'] = np.array(list(cases))
     out['versions'] = np.str_(json.dumps({'deeplabcut': deeplabcut.__version__, 'numpy': np.__version__}))

@@ -150,7 +150,8 @@ def main() -> None:
     frames = FULL_FRAMES if args.full else GOLDEN_FRAMES
     golden_crops, golden_inputs = real_crops(frames, cfg)
     inputs = {f'crop{i}': golden_inputs[j:j + 1] for j, i in enumerate(frames)}
-    inputs.update({f'random{h}x{w}': synthetic.random_crops((h, w), j, SEED) for j, (h, w) in enumerate(RANDOM_SHAPES)})
+    inputs.update({f'random{h}x{w}': synthetic.random_crops((h, w), j, SEED)
+                   for j, (h, w) in enumerate(RANDOM_SHAPES)})
     golden = {f'crops/{f"crop{i}"}': golden_crops[j] for j, i in enumerate(frames)}
     for name, x in inputs.items():
         taps = run_with_taps(model, x)

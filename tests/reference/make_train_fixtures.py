@@ -1,8 +1,8 @@
 """Golden data for the training-step parity test, from DeepLabCut 3.0.2's own fine-tuning code
 (run inside the reference env).
 
-    .ref/bin/python tests/reference/make_train_fixtures.py --out tests/fixtures        # committed goldens
-    .ref/bin/python tests/reference/make_train_fixtures.py --out /tmp/live --full      # reference tier (~250 MB)
+    .ref/bin/python tests/reference/make_train_fixtures.py --out tests/fixtures    # committed goldens
+    .ref/bin/python tests/reference/make_train_fixtures.py --out /tmp/live --full  # reference tier (~250 MB)
 
 SuperAnimal-TopViewMouse hrnet_w32 fine-tuning in conversion-table mode on the openfield
 project, with every step done by DeepLabCut itself:
@@ -81,7 +81,8 @@ ENTRY_POINTS = {
     'dataset': "DLCLoader.create_dataset(mode='train', task=Task.TOP_DOWN) -> PoseDataset.__getitem__",
     'collate': 'torch DataLoader default collate (data.train.collate is None), shuffle=False',
     'runner': 'runners.build_training_runner -> build_optimizer, schedulers.build_scheduler',
-    'step': "PoseTrainingRunner.step(batch, 'train'): model.get_target, model.get_loss, backward, optimizer.step",
+    'step': ("PoseTrainingRunner.step(batch, 'train'): model.get_target, model.get_loss, backward, "
+             "optimizer.step"),
     'float64': 'model.double(); model(x), model.get_target, model.get_loss, backward (no optimizer step)',
 }
 
@@ -151,7 +152,8 @@ def train_batch(loader, train_aug: dict):
     dataset = loader.create_dataset(transform=transform, mode='train', task=Task.TOP_DOWN)
     paths = [img['file_name'] for img in dataset.images]
     ids = [dataset.images[paths.index(str(loader.project_path / f))]['id'] for f in FRAMES]
-    items = [next(i for i, a in enumerate(dataset.annotations) if a['image_id'] == image_id) for image_id in ids]
+    items = [next(i for i, a in enumerate(dataset.annotations) if a['image_id'] == image_id)
+             for image_id in ids]
     record = []
     with recording_crops(dataset, record):
         # apis.training.train's DataLoader (default collate: data.train.collate is None), in a
@@ -266,11 +268,13 @@ def main() -> None:
             losses.append(float(out['total_loss']))
             all_losses.append({k: float(v) for k, v in out.items()})
             if step == 0:
-                grads = {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+                grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()
+                         if p.grad is not None}
                 no_grad = [k for k, p in model.named_parameters() if p.grad is None]
         del model.get_target
         params3 = {k: v.detach().clone() for k, v in model.named_parameters()}
-        assert all(torch.equal(params0[k], params3[k]) for k in no_grad), 'AdamW moved a parameter without grad'
+        assert all(torch.equal(params0[k], params3[k])
+                   for k in no_grad), 'AdamW moved a parameter without grad'
         assert all(m.num_batches_tracked.item() == 0 for m in bn), 'BatchNorm statistics changed'
         assert all(torch.equal(state0[k], v) for k, v in model.state_dict().items()
                    if k.endswith(('running_mean', 'running_var'))), 'BatchNorm statistics changed'
@@ -360,8 +364,9 @@ def main() -> None:
     info = {
         'made_by': 'tests/reference/make_train_fixtures.py',
         'entry_points': ENTRY_POINTS,
-        'versions': {'deeplabcut': deeplabcut.__version__, 'torch': torch.__version__, 'timm': timm.__version__,
-                     'albumentations': albumentations.__version__, 'numpy': np.__version__},
+        'versions': {'deeplabcut': deeplabcut.__version__, 'torch': torch.__version__,
+                     'timm': timm.__version__, 'albumentations': albumentations.__version__,
+                     'numpy': np.__version__},
         'torch_threads': THREADS, 'device': 'cpu', 'dtype': 'float32', 'steps': STEPS, 'subset_seed': SEED,
         'train_settings_seed': cfg_dict['train_settings']['seed'], 'subset': None if args.full else SUBSET,
         'image_paths': image_paths, 'batch_size': len(FRAMES),
@@ -400,7 +405,8 @@ def main() -> None:
         'normalised_sha256': hashlib.sha256(golden['batch/image'].tobytes()).hexdigest(),
         'pytorch_config_yaml': config_text,
     }
-    (args.out / f'train_step_manifest{suffix}.json').write_text(json.dumps(info, indent=1, default=str) + '\n')
+    (args.out / f'train_step_manifest{suffix}.json').write_text(
+        json.dumps(info, indent=1, default=str) + '\n')
     print(json.dumps({k: info[k] for k in ('loss_per_step', 'loss_float64', 'lr_per_step', 'bbox_margin')}))
 
 

@@ -1,6 +1,7 @@
 """Open our h5 result files where DeepLabCut runs (its reference environment: pandas 2.x).
 
-    .ref/bin/python tests/reference/read_h5_in_deeplabcut.py --out DIR --h5 A.h5 [B.h5 ...] [--video V --labeled A.h5]
+    .ref/bin/python tests/reference/read_h5_in_deeplabcut.py --out DIR --h5 A.h5 [B.h5 ...]
+        [--video V --labeled A.h5]
 
 Each ``--h5`` is read with that environment's ``pandas.read_hdf`` (key ``df_with_missing``) and
 saved to ``DIR/<stem>.npz`` (values, index as strings, columns as JSON); with ``--video``,
