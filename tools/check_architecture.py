@@ -5,6 +5,7 @@
 * No module imports a private name (``_x``) from another module.
 * Every public module-level class and function, and every public method of a public class, has a
   docstring; every module has one.
+* ``examples/`` use only the public API: names in ``superanimal_jax.__all__``.
 
     python tools/check_architecture.py          # exit 1 and a list of problems if any
 """
@@ -86,14 +87,43 @@ def check_file(path: Path) -> list[str]:
     return problems
 
 
+def public_names() -> set[str]:
+    """``superanimal_jax.__all__``, read from the source."""
+    tree = ast.parse((PACKAGE / '__init__.py').read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, 'id', None) == '__all__' for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return set()
+
+
+def check_example(path: Path, public: set[str]) -> list[str]:
+    """An example may import ``superanimal_jax`` and names of its ``__all__``, nothing deeper."""
+    problems, rel = [], path.relative_to(ROOT)
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('superanimal_jax'):
+            if node.module != 'superanimal_jax':
+                problems.append(f'{rel}:{node.lineno}: imports {node.module} (not the public API)')
+            problems += [f'{rel}:{node.lineno}: {a.name} is not in superanimal_jax.__all__'
+                         for a in node.names if a.name not in public]
+        elif isinstance(node, ast.Import):
+            problems += [f'{rel}:{node.lineno}: imports {a.name} (not the public API)'
+                         for a in node.names if a.name.startswith('superanimal_jax.')]
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id == 'superanimal_jax' and node.attr not in public):
+            problems.append(f'{rel}:{node.lineno}: superanimal_jax.{node.attr} is not in __all__')
+    return problems
+
+
 def main() -> int:
     problems = [p for path in sorted(PACKAGE.rglob('*.py')) for p in check_file(path)]
+    public = public_names()
+    problems += [p for path in sorted((ROOT / 'examples').glob('*.py')) for p in check_example(path, public)]
     unknown = sorted({part_of(module_name(p)) for p in PACKAGE.rglob('*.py')} - set(LEVEL) - {None})
     problems += [f'superanimal_jax/{u}: not in any layer of tools/check_architecture.py' for u in unknown]
     for problem in problems:
         print(problem)
     print(f'{len(problems)} architecture problem(s)' if problems else 'architecture: layers, private names, '
-          'docstrings all fine')
+          'docstrings, public API of the examples all fine')
     return 1 if problems else 0
 
 
