@@ -137,17 +137,19 @@ def detector_variables(detector_state) -> dict:
 
 
 OPENFIELD_PROJECT = FIXTURES / 'openfield_project'
-REFERENCE_PYTHON = FIXTURES.parents[1] / '.ref' / 'bin' / 'python'
 
 
-def run_reference_script(script: str, out: Path, *args: str) -> None:
-    """Run ``tests/reference/<script>`` in the reference environment (``.ref/``) with ``--out out``; the
-    reference tier is skipped where that environment was not made."""
+def run_reference_script(script: str, out: Path, *args: str, python: str = '.ref') -> None:
+    """Run ``tests/reference/<script>`` in a reference environment (``.ref/``: DeepLabCut 3.0.2 with
+    PyTorch; ``.ref-tf/``: its TensorFlow engine) with ``--out out``; the reference tier is skipped
+    where that environment was not made."""
     import subprocess
 
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip('no reference environment: see ../shared/reference/README.md to make .ref/')
-    subprocess.run([str(REFERENCE_PYTHON), f'tests/reference/{script}', '--out', str(out), *args],
+    interpreter = FIXTURES.parents[1] / python / 'bin' / 'python'
+    if not interpreter.exists():
+        pytest.skip(f'no reference environment {python}/: see ../shared/reference/README.md '
+                    '(and reference/tensorflow/README.md for .ref-tf/)')
+    subprocess.run([str(interpreter), f'tests/reference/{script}', '--out', str(out), *args],
                    cwd=FIXTURES.parents[1], check=True)
 
 
