@@ -51,9 +51,7 @@ class TopDownPipeline:
         batches = []
         for start in range(0, len(frames), batch_size):
             chunk = frames[start:start + batch_size]
-            if len(chunk) < batch_size:
-                chunk = np.concatenate(
-                    [chunk, np.zeros((batch_size - len(chunk),) + frames.shape[1:], np.uint8)])
+            chunk = parallel.pad_batch(chunk, batch_size)  # The last batch, padded: one compiled shape.
             batches.append((chunk, min(batch_size, len(frames) - start)))
         parts = list(self.stream(batches))
         if not parts:
