@@ -207,8 +207,16 @@ def test_rejects_mismatched_params():
 @pytest.mark.reference
 def test_live_reference(tmp_path):
     """Regenerates the goldens with albumentations/DeepLabCut in ``.ref`` and checks every case."""
+    import cv2
+
     run_reference_script('make_augment_fixtures.py', tmp_path)
     golden = load(tmp_path / 'augment_golden.npz')
+    theirs = json.loads(str(golden['versions']))['opencv']
+    # OpenCV does the pixel work on both sides: compare like with like (OpenCV 5.1 moves a few
+    # rotated pixels against 5.0 on both sides alike).
+    assert theirs == cv2.__version__, (
+        f'.ref has OpenCV {theirs}, this environment {cv2.__version__}: install the pinned '
+        'opencv-python-headless of constraints.txt in .ref (README, "Goldens")')
     index = json.loads(str(golden['index']))
     for kind, check in CHECKS.items():
         for case in index[kind]:

@@ -158,9 +158,19 @@ def test_live_deeplabcut(golden, tmp_path):
     run_reference_script('make_metric_fixtures.py', tmp_path)
     with np.load(tmp_path / 'metrics_golden.npz') as g:
         live = dict(g)
-    assert set(live) == set(golden)  # The stored goldens are what the script makes today.
+    assert set(live) == set(golden)  # The stored goldens are what the script makes today ...
     for key, value in live.items():
-        if key != 'versions':
+        if '/oks/' in key:  # ... to the last bit but OKS, whose float64 kernels round by CPU.
+            np.testing.assert_allclose(value, golden[key], rtol=4 * np.finfo(np.float64).eps, atol=0,
+                                       err_msg=key)
+        elif key != 'versions':
             np.testing.assert_array_equal(value, golden[key], err_msg=key)
     for name in (str(s) for s in live['scenarios']):
         check_metrics(live, name)
+        if name == 'single_animal_two_mice' or f'{name}/expected/error' in live:
+            continue
+        gt, pred, params = scenario(live, name)  # On this machine, OKS too is bit for bit.
+        for i, (g, p, _) in enumerate(metrics.prepare(gt, pred)):
+            if f'{name}/oks/{i}' in live:
+                ours = metrics.oks_matrix(g, p, params['oks_sigma'], params['oks_bbox_margin'])
+                np.testing.assert_array_equal(ours, live[f'{name}/oks/{i}'], err_msg=f'{name} image {i}')
