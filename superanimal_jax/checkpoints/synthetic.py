@@ -155,3 +155,26 @@ def write_detector_checkpoints(state: Mapping[str, np.ndarray], directory: str |
     directory = Path(directory)
     return write_checkpoints(state, directory / 'detector.pt',
                              directory / 'superanimal_topviewmouse_fasterrcnn_resnet50_fpn_v2.pt')
+
+
+def synthetic_tf_tensor(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """One well-conditioned float32 tensor for a TensorFlow (tf_slim) variable, by what it names."""
+    rng = _rng(seed, name)
+    leaf = name.rsplit('/', 1)[-1]
+    if leaf == 'moving_mean':
+        return np.zeros(shape, np.float32)
+    if leaf == 'moving_variance':
+        return np.ones(shape, np.float32)
+    if leaf == 'gamma':
+        return rng.uniform(0.2, 0.6, shape).astype(np.float32)  # Keeps 16 residual units in range.
+    if leaf in ('beta', 'biases'):
+        return (0.05 * rng.standard_normal(shape)).astype(np.float32)
+    # Kernels are HWIO; the heads' transposed kernels [h, w, out, in].
+    fan_in = int(np.prod(shape[:2])) * (shape[3] if '_pred/' in name else shape[2])
+    return (np.sqrt(2.0 / fan_in) * rng.standard_normal(shape)).astype(np.float32)
+
+
+def synthetic_tf_state(manifest: Iterable[tuple[str, tuple[int, ...]]], *, seed: int = 0
+                       ) -> dict[str, np.ndarray]:
+    """``{name: tensor}`` for TensorFlow variable ``(name, shape)`` entries, in manifest order."""
+    return {name: synthetic_tf_tensor(name, tuple(shape), seed) for name, shape in manifest}

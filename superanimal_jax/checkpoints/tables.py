@@ -72,3 +72,25 @@ def detector_rules() -> ConversionTable:
         Rule(r'model\.(?P<m>roi_heads\.box_predictor\.(?:cls_score|bbox_pred))\.bias', 'params/{m}/bias'),
     ] + conv_bn_rules(r'model\.', '')
     return ConversionTable(rules, [_BN_COUNTER])
+
+
+_TF_UNIT = r'resnet_v1_50/block(?P<b>\d+)/unit_(?P<u>\d+)/bottleneck_v1/(?P<layer>shortcut|conv\d)'
+_TF_HEADS = r'pose/(?P<head>part_pred|locref_pred|pairwise_pred)/block4'
+
+
+def pose_resnet_rules() -> ConversionTable:
+    """The table of DeepLabCut's TF PoseResnet checkpoint (269 variables, plus ``pairwise_pred`` when
+    the network has part-affinity fields): tf_slim's names, TF's HWIO kernels as they are."""
+    rules = []
+    for source, target in ((_TF_UNIT, 'resnet_v1_50/block{b}_unit_{u}/{layer}'),
+                           (r'resnet_v1_50/(?P<layer>conv1)', 'resnet_v1_50/{layer}')):
+        rules += [
+            Rule(rf'{source}/weights', f'params/{target}/conv/kernel'),
+            Rule(rf'{source}/BatchNorm/gamma', f'params/{target}/BatchNorm/scale'),
+            Rule(rf'{source}/BatchNorm/beta', f'params/{target}/BatchNorm/bias'),
+            Rule(rf'{source}/BatchNorm/moving_mean', f'batch_stats/{target}/BatchNorm/mean'),
+            Rule(rf'{source}/BatchNorm/moving_variance', f'batch_stats/{target}/BatchNorm/var'),
+        ]
+    rules += [Rule(rf'{_TF_HEADS}/weights', 'params/{head}/weights'),
+              Rule(rf'{_TF_HEADS}/biases', 'params/{head}/biases')]
+    return ConversionTable(rules, [Ignore(r'global_step', 'the training step counter')])
