@@ -102,7 +102,7 @@ def pose_checkpoints(pose_state, pose_manifest, tmp_path_factory) -> dict[str, P
 def pose_model_dir(pose_checkpoints, tmp_path_factory) -> Path:
     import superanimal_jax
 
-    return superanimal_jax.convert(pose=pose_checkpoints['dlc3'],
+    return superanimal_jax.convert(pose=pose_checkpoints['seed'],  # The model card's pose_model.pth layout.
                                    out=tmp_path_factory.mktemp('models') / 'topviewmouse')
 
 

@@ -223,7 +223,8 @@ def test_object_without_weights_is_refused(tmp_path):
 
 def test_model_directory_round_trip(pose_model_dir, pose_checkpoints, converted):
     meta = json.loads((pose_model_dir / 'metadata.json').read_text())
-    assert meta['pose']['source']['sha256'] == sha256(pose_checkpoints['dlc3'])
+    assert meta['pose']['source']['sha256'] == sha256(pose_checkpoints['seed'])
+    assert meta['pose']['source']['format'] == 'seed (model_state_dict)'
     assert meta['pose']['keypoints'][:3] == ['nose', 'left_ear', 'right_ear']
     assert 'non-commercial' in meta['licence']
     model = superanimal_jax.load(pose_model_dir)

@@ -2,7 +2,8 @@
 
 The goldens (``tests/fixtures/pose_golden*.npz``) were recorded by ``tests/reference/make_pose_fixtures.py``
 running the real DeepLabCut/timm model on the same synthetic weights, which the ``pose_state``
-fixture regenerates bit for bit and ``pose_model_dir`` converts from the DeepLabCut 3 file.
+fixture regenerates bit for bit and ``pose_model_dir`` converts from the seed's pose_model.pth layout
+(the DeepLabCut 3 file converts to identical parameters: tests/test_convert.py).
 Intermediate taps are stored at every ``subsample``-th row and column (with each tap's full
 max-abs); heatmaps and keypoints in full.  ``pytest -m reference`` compares every value live.
 

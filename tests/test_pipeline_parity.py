@@ -17,6 +17,7 @@ import pytest
 
 from superanimal_jax import Detector, PoseEstimator, SuperAnimalModel
 from superanimal_jax.analysis.analyze import analyze_images, analyze_video
+from superanimal_jax.checkpoints import synthetic
 from superanimal_jax.checkpoints.convert import convert_pose_state
 from superanimal_jax.constants import TOPVIEWMOUSE_KEYPOINTS
 from superanimal_jax.models.pose import POSE_VARIANTS
@@ -35,9 +36,10 @@ def manifest():
 
 
 @pytest.fixture(scope='module')
-def model(pose_state, detector_variables):
+def model(pose_state, pose_manifest, detector_variables):
     config = POSE_VARIANTS['hrnet_w32']
-    pose, _ = convert_pose_state(pose_state)
+    extra = synthetic.synthetic_state_dict(pose_manifest['seed_extra_manifest'], seed=pose_manifest['seed'])
+    pose, _ = convert_pose_state(synthetic.to_seed_layout(pose_state, extra))  # pose_model.pth's layout.
     return SuperAnimalModel(pose=PoseEstimator(config, pose, keypoint_names=TOPVIEWMOUSE_KEYPOINTS),
                             metadata={}, detector=Detector(detector_variables))
 
