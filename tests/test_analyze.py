@@ -96,6 +96,10 @@ def test_results_do_not_depend_on_batch_size(model, video, tmp_path):
 def test_frame_range(model, video, tmp_path):
     paths = analyze_video(video, model, tmp_path, max_individuals=M, start=10, stop=17, progress=False)
     assert pd.read_hdf(paths['h5']).index.tolist() == list(range(7))  # Rows count from the range start.
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='at least one frame'):
+        analyze_video(video, model, tmp_path / 'empty', max_individuals=M, start=10, stop=10, progress=False)
+    assert listing(tmp_path / 'empty') == []
 
 
 @pytest.mark.parametrize('case', ['missing', 'not_a_video', 'zero_frames'])

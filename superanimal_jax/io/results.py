@@ -67,6 +67,8 @@ def pandas2_layout(path: str | os.PathLike, key: str = 'df_with_missing') -> Non
     import tables
 
     with tables.open_file(str(path), mode='r+') as h5:
+        if f'/{key}' not in h5:
+            raise ValueError(f'{path}: no table {key!r} to give the pandas 2 layout (nothing was written)')
         group = h5.get_node(f'/{key}')
         attrs = group._v_attrs
         if 'pandas_version' not in attrs._v_attrnames:

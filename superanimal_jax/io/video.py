@@ -49,8 +49,8 @@ class VideoReader:
             raise VideoError(f'{self.path}: the video has no decodable frames')
         self.height, self.width = first.shape[:2]
         total = self.header_frames or None
-        if start < 0 or (stop is not None and stop < start):
-            raise ValueError(f'bad frame range [{start}, {stop})')
+        if start < 0 or (stop is not None and stop <= start):
+            raise ValueError(f'bad frame range [{start}, {stop}): it must hold at least one frame')
         if total is not None and start >= total:
             raise ValueError(f'{self.path}: start frame {start} is past the last frame ({total - 1})')
         self.start = start
