@@ -102,6 +102,12 @@ def test_missing_shard_is_named(tmp_path):
         read_tf_checkpoint(tmp_path / 'snapshot-9')
 
 
+def test_shards_of_another_bundle_are_ignored(tmp_path):
+    prefix = bundle_copy(tmp_path)
+    (tmp_path / 'snapshot-7.data-00000-of-00002').write_bytes(b'a stale shard of a 2-shard save')
+    assert_same(read_tf_checkpoint(prefix)[0], expected())
+
+
 def archive_with(tmp_path, name: str, member: tarfile.TarInfo, data: bytes = b'') -> object:
     path = tmp_path / name
     with tarfile.open(path, 'w:gz') as archive:

@@ -9,6 +9,7 @@ memory, by base name, without trusting their paths.  Format notes: docs/parity/t
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tarfile
@@ -107,8 +108,9 @@ def _varint(buf: bytes, pos: int, what: str) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes, what: str):
-    """``(field number, wire type, value)`` of a protobuf message (values: int or bytes)."""
+def _fields(buf: bytes, what: str, expected: dict[int, int] | None = None):
+    """``(field number, wire type, value)`` of a protobuf message (values: int or bytes); a field
+    of ``expected`` (number -> wire type) arriving with another wire type is an error."""
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos, what)
@@ -126,6 +128,9 @@ def _fields(buf: bytes, what: str):
             raise CheckpointError(f'unsupported protobuf wire type {wire} in {what}')
         if pos > len(buf):
             raise CheckpointError(f'truncated protobuf message in {what}')
+        if expected and number in expected and expected[number] != wire:
+            raise CheckpointError(f'{what}: field {number} has wire type {wire}, expected {expected[number]} '
+                                  '(corrupt or not a checkpoint index)')
         yield number, wire, value
 
 
@@ -183,9 +188,14 @@ def read_index(index: bytes, source: str = 'index') -> dict[bytes, bytes]:
     _, pos = _varint(footer, pos, source)  # is empty in TensorFlow's bundles.
     index_offset, pos = _varint(footer, pos, source)
     index_size, _ = _varint(footer, pos, source)
-    table = {}
+    table, end = {}, 0
     for _, handle in _entries(_block(index, index_offset, index_size, source), source):
-        for key, value in _entries(_block(index, *_handle(handle, source), source), source):
+        offset, size = _handle(handle, source)
+        if offset < end or offset + size > index_offset:  # Data blocks: in order, apart, before the index.
+            raise CheckpointError(f'{source}: data block handle ({offset}, {size}) out of order or '
+                                  'overlapping (corrupt index)')
+        end = offset + size + BLOCK_TRAILER_SIZE
+        for key, value in _entries(_block(index, offset, size, source), source):
             table[key] = value
     return table
 
@@ -196,9 +206,9 @@ def read_index(index: bytes, source: str = 'index') -> dict[bytes, bytes]:
 
 def _shape(message: bytes, name: str) -> tuple[int, ...]:
     dims = []
-    for number, _, value in _fields(message, name):
+    for number, _, value in _fields(message, name, {2: 2, 3: 0}):
         if number == 2:
-            size = next((v for n, _, v in _fields(value, name) if n == 1), 0)
+            size = next((v for n, _, v in _fields(value, name, {1: 0}) if n == 1), 0)
             dims.append(size - (1 << 64) if size >= 1 << 63 else size)
         elif number == 3 and value:
             raise CheckpointError(f'{name}: tensor of unknown rank')
@@ -209,7 +219,7 @@ def _shape(message: bytes, name: str) -> tuple[int, ...]:
 
 def _entry(name: str, message: bytes) -> dict:
     entry = {'dtype': 0, 'shape': (), 'shard': 0, 'offset': 0, 'size': 0, 'crc32c': None}
-    for number, _, value in _fields(message, name):
+    for number, _, value in _fields(message, name, {1: 0, 2: 2, 3: 0, 4: 0, 5: 0, 6: 5}):
         if number == 1:
             entry['dtype'] = value
         elif number == 2:
@@ -227,7 +237,7 @@ def _entry(name: str, message: bytes) -> dict:
 
 def _header(message: bytes, source: str) -> dict:
     header = {'num_shards': 1, 'endianness': 0}
-    for number, _, value in _fields(message, source):
+    for number, _, value in _fields(message, source, {1: 0, 2: 0}):
         if number == 1:
             header['num_shards'] = value
         elif number == 2:
@@ -256,8 +266,8 @@ def read_bundle(index: bytes, shards: dict[int, bytes], source: str = 'checkpoin
             missing = data_name(Path(source).name, entry['shard'], header['num_shards'])
             raise CheckpointError(f'{source}: missing data shard {missing} (needed by {name})')
         dtype = np.dtype(DTYPES[entry['dtype']])
-        count = int(np.prod(entry['shape'], dtype=np.int64))
-        if entry['size'] != count * dtype.itemsize:
+        count = math.prod(entry['shape'])  # Python ints: no overflow.
+        if entry['size'] != count * dtype.itemsize or entry['size'] > len(data):
             raise CheckpointError(f'{name}: {entry["size"]} bytes for {entry["shape"]} {dtype}')
         start, end = entry['offset'], entry['offset'] + entry['size']
         if end > len(data):
@@ -270,6 +280,15 @@ def read_bundle(index: bytes, shards: dict[int, bytes], source: str = 'checkpoin
     return tensors, header['num_shards']
 
 
+def _largest_extent(index: bytes, source: str) -> int:
+    """The largest ``offset + size`` any tensor of the index declares: no data shard needs more."""
+    table = read_index(index, source)
+    table.pop(b'', None)
+    extents = [(e['offset'] + e['size']) for k, v in table.items()
+               for e in [_entry(k.decode('utf-8', 'replace'), v)]]
+    return max(extents, default=0)
+
+
 def data_name(prefix: str, shard: int, num_shards: int) -> str:
     """The file name of data shard ``shard`` of a ``num_shards``-shard bundle."""
     return f'{prefix}.data-{shard:05d}-of-{num_shards:05d}'
@@ -279,13 +298,22 @@ def data_name(prefix: str, shard: int, num_shards: int) -> str:
 # Files: a loose bundle or the released .tar.gz
 # ---------------------------------------------------------------------------------------------
 
-def _shard_numbers(names) -> dict[int, str]:
+def _shard_numbers(names, num_shards: int | None = None) -> dict[int, str]:
+    """Data shard file names by shard number (of a ``num_shards``-shard bundle, if given)."""
     found = {}
     for name in names:
         match = re.search(r'\.data-(\d{5})-of-(\d{5})$', name)
-        if match:
+        if match and (num_shards is None or int(match.group(2)) == num_shards):
             found[int(match.group(1))] = name
     return found
+
+
+def _num_shards(index: bytes, source: str) -> int:
+    """The shard count of a bundle's header, read from its index."""
+    table = read_index(index, source)
+    if b'' not in table:
+        raise CheckpointError(f'{source}: no bundle header (not a TensorFlow checkpoint bundle)')
+    return _header(table[b''], source)['num_shards']
 
 
 def _read_loose(path: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -294,9 +322,11 @@ def _read_loose(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     if not index_path.is_file():
         raise FileNotFoundError(f'{path}: no such checkpoint (looked for {index_path})')
     folder, stem = index_path.parent, Path(prefix).name
-    shards = {n: (folder / f).read_bytes() for n, f in _shard_numbers(
-        p.name for p in folder.glob(f'{stem}.data-*')).items()}
-    tensors, num_shards = read_bundle(index_path.read_bytes(), shards, prefix)
+    index = index_path.read_bytes()
+    found = (p.name for p in folder.glob(f'{stem}.data-*'))
+    names = _shard_numbers(found, _num_shards(index, str(index_path)))
+    shards = {n: (folder / f).read_bytes() for n, f in names.items()}
+    tensors, num_shards = read_bundle(index, shards, prefix)
     return tensors, {'file': index_path.name, 'prefix': stem, 'num_shards': num_shards}
 
 
@@ -329,12 +359,18 @@ def _read_tar(path: Path) -> tuple[dict[str, np.ndarray], dict]:
                                       f'(members: {sorted(members)[:10]})')
             stem = indexes[0][:-len('.index')]  # As DeepLabCut: the first snapshot-*.index.
 
-            def read(name):
-                return archive.extractfile(members[name]).read()
+            def read(name, limit):
+                if members[name].size > limit:
+                    raise CheckpointError(f'{path}: member {name} is {members[name].size} bytes, more than '
+                                          f'the {limit} this checkpoint can need')
+                return archive.extractfile(members[name]).read(limit)
 
+            index = read(indexes[0], 1 << 30)
             names = [n for n in members if n.startswith(stem + '.')]
-            shards = {n: read(f) for n, f in _shard_numbers(names).items()}
-            tensors, num_shards = read_bundle(read(indexes[0]), shards, f'{path}:{stem}')
+            shard_names = _shard_numbers(names, _num_shards(index, f'{path}:{indexes[0]}'))
+            limit = _largest_extent(index, f'{path}:{indexes[0]}')
+            shards = {n: read(f, limit) for n, f in shard_names.items()}
+            tensors, num_shards = read_bundle(index, shards, f'{path}:{stem}')
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             raise CheckpointError(f'{path}: truncated or corrupt archive ({err})') from err
     extras = {}
