@@ -223,7 +223,8 @@ def test_replay_fills_unlabelled_keypoints_from_predictions():
 
 
 def test_config_is_validated():
-    for bad in ({'eval_interval': 0}, {'steps': 0}, {'mode': 'finetune'}, {'milestone_lrs': (1e-6,)}):
+    for bad in ({'eval_interval': 0}, {'steps': 0}, {'mode': 'finetune'}, {'milestone_lrs': (1e-6,)},
+                {'prefetch': -1}, {'crop_margin': -2}, {'crop_size': (250, 256)}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 

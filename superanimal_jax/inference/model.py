@@ -89,10 +89,14 @@ def from_state_dicts(pose=None, detector=None, *, pose_variant: str = 'hrnet_w32
         raise ValueError('nothing to load: give pose= and/or detector= state dicts')
     estimator = found = None
     if pose is not None:
-        variables, _ = convert_pose_state(pose, pose_variant)
+        if pose_variant not in POSE_VARIANTS:
+            raise ValueError(f'unknown pose variant {pose_variant!r}; known: {sorted(POSE_VARIANTS)}')
         config = POSE_VARIANTS[pose_variant]
-        estimator = PoseEstimator(config, variables, dtype=dtype, mesh=mesh,
-                                  keypoint_names=keypoint_names or model_dir.default_keypoints(config))
+        names = tuple(keypoint_names or model_dir.default_keypoints(config))
+        if len(names) != config.num_keypoints:
+            raise ValueError(f'{len(names)} keypoint names for a {config.num_keypoints}-keypoint model')
+        variables, _ = convert_pose_state(pose, pose_variant)
+        estimator = PoseEstimator(config, variables, dtype=dtype, mesh=mesh, keypoint_names=names)
     if detector is not None:
         found = Detector(convert_detector_state(detector)[0], dtype=dtype, mesh=mesh)
     return SuperAnimalModel(pose=estimator, metadata={'source': 'state dicts in memory'}, detector=found)

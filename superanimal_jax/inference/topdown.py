@@ -116,7 +116,7 @@ def pose_on_boxes(pose, frames, boxes, *, crop_size=(256, 256), chunk: int = 32)
     """:func:`keypoints_in_frames` for each frame's COCO ``boxes[j] (M_j, 4)``: a list of
     ``(M_j, K, 3)`` keypoint arrays in frame pixels."""
     boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes]
-    owners = np.concatenate([np.full(len(b), j) for j, b in enumerate(boxes)]).astype(int)
+    owners = np.concatenate([np.full(len(b), j) for j, b in enumerate(boxes)] + [np.zeros(0)]).astype(int)
     if not len(owners):
         return [np.zeros((0, 0, 3), np.float32) for _ in frames]
     keypoints = keypoints_in_frames(pose, frames, owners, np.concatenate(boxes), crop_size=crop_size,

@@ -51,3 +51,8 @@ class TrainConfig(DataConfig):
         for name in ('steps', 'save_interval_steps'):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('crop_margin', 'prefetch'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
+        if len(self.crop_size) != 2 or any(s < 32 or s % 32 for s in self.crop_size):
+            raise ValueError(f'crop_size must be (width, height), multiples of 32, got {self.crop_size}')

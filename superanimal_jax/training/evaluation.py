@@ -21,7 +21,7 @@ from superanimal_jax.training.project import Project, Split, read_project
 
 def evaluate_frames(pose, project: Project, frames: Sequence[int], task: Task, *,
                     bbox_margin: int = BBOX_MARGIN, pcutoff: float = 0.6, single_animal: bool = False,
-                    cache: dict | None = None, chunk: int = 8) -> dict[str, float]:
+                    cache: dict | None = None, chunk: int = 8, crop_size=(256, 256)) -> dict[str, float]:
     """DeepLabCut's top-down evaluation of ``pose`` (a :class:`~superanimal_jax.inference.pose.PoseEstimator`)
     with ground-truth boxes: RMSE (mean pixel distance), RMSE over predictions with score >=
     pcutoff, mAP and mAR (OKS, sigma 0.1).  ``cache`` keeps the frames read, across calls."""
@@ -41,7 +41,7 @@ def evaluate_frames(pose, project: Project, frames: Sequence[int], task: Task, *
         boxes.append(np.stack([bbox_from_keypoints(lab, h, w, bbox_margin) for lab in labels]))
     if not names:
         raise ProjectError('no labelled frames to evaluate')
-    predicted = pose_on_boxes(pose, images, boxes, chunk=chunk)
+    predicted = pose_on_boxes(pose, images, boxes, chunk=chunk, crop_size=crop_size)
     predictions = {n: p[:, task.channels] for n, p in zip(names, predicted)}
     return metrics_lib.compute_metrics(ground_truth, predictions, single_animal=single_animal,
                                        pcutoff=pcutoff)

@@ -96,7 +96,7 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path,
         for name, frames in (('train', run.split.train), ('test', run.split.test)):
             if frames:
                 m = evaluate_frames(pose, run.project, frames, run.task, bbox_margin=config.bbox_margin,
-                                    pcutoff=config.pcutoff, cache=eval_cache)
+                                    pcutoff=config.pcutoff, cache=eval_cache, crop_size=config.crop_size)
                 record.update({f'{name}.{k}': float(val) for k, val in m.items()})
         log.write(record)
         return record
