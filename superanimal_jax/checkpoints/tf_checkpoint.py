@@ -247,27 +247,34 @@ def _header(message: bytes, source: str) -> dict:
     return header
 
 
-def read_bundle(index: bytes, shards: dict[int, bytes], source: str = 'checkpoint'
-                ) -> tuple[dict[str, np.ndarray], int]:
-    """``(tensors, number of shards)`` of a bundle from its ``.index`` bytes and its data shards
-    (by shard number), each tensor a C-contiguous numpy array of its own, crc32c checked."""
+def parse_bundle(index: bytes, source: str = 'checkpoint') -> tuple[int, dict[str, dict]]:
+    """``(number of shards, {tensor name: entry})`` of a bundle's ``.index`` bytes (read once)."""
     table = read_index(index, f'{source}.index')
     if b'' not in table:
         raise CheckpointError(f'{source}.index: no bundle header (not a TensorFlow checkpoint bundle)')
-    header = _header(table.pop(b''), source)
-    tensors = {}
+    num_shards = _header(table.pop(b''), source)['num_shards']
+    entries = {}
     for key, message in table.items():
         name = key.decode('utf-8', 'replace')
-        entry = _entry(name, message)
-        if not 0 <= entry['shard'] < header['num_shards']:
-            raise CheckpointError(f'{name}: shard {entry["shard"]} of a {header["num_shards"]}-shard bundle')
+        entries[name] = entry = _entry(name, message)
+        if not 0 <= entry['shard'] < num_shards:
+            raise CheckpointError(f'{name}: shard {entry["shard"]} of a {num_shards}-shard bundle')
+    return num_shards, entries
+
+
+def read_tensors(num_shards: int, entries: dict[str, dict], shards: dict[int, bytes],
+                 source: str = 'checkpoint') -> dict[str, np.ndarray]:
+    """The tensors of parsed bundle ``entries`` from its data shards (by shard number), each a
+    C-contiguous numpy array of its own, crc32c checked."""
+    tensors = {}
+    for name, entry in entries.items():
         data = shards.get(entry['shard'])
         if data is None:
-            missing = data_name(Path(source).name, entry['shard'], header['num_shards'])
+            missing = data_name(Path(source).name, entry['shard'], num_shards)
             raise CheckpointError(f'{source}: missing data shard {missing} (needed by {name})')
         dtype = np.dtype(DTYPES[entry['dtype']])
         count = math.prod(entry['shape'])  # Python ints: no overflow.
-        if entry['size'] != count * dtype.itemsize or entry['size'] > len(data):
+        if entry['size'] != count * dtype.itemsize:
             raise CheckpointError(f'{name}: {entry["size"]} bytes for {entry["shape"]} {dtype}')
         start, end = entry['offset'], entry['offset'] + entry['size']
         if end > len(data):
@@ -277,16 +284,7 @@ def read_bundle(index: bytes, shards: dict[int, bytes], source: str = 'checkpoin
         if entry['crc32c'] is not None and crc32c(raw) != unmask(entry['crc32c']):
             raise CheckpointError(f'{source}: {name} fails its crc32c check (corrupt data shard)')
         tensors[name] = np.frombuffer(raw, dtype, count).reshape(entry['shape']).copy()
-    return tensors, header['num_shards']
-
-
-def _largest_extent(index: bytes, source: str) -> int:
-    """The largest ``offset + size`` any tensor of the index declares: no data shard needs more."""
-    table = read_index(index, source)
-    table.pop(b'', None)
-    extents = [(e['offset'] + e['size']) for k, v in table.items()
-               for e in [_entry(k.decode('utf-8', 'replace'), v)]]
-    return max(extents, default=0)
+    return tensors
 
 
 def data_name(prefix: str, shard: int, num_shards: int) -> str:
@@ -308,25 +306,16 @@ def _shard_numbers(names, num_shards: int | None = None) -> dict[int, str]:
     return found
 
 
-def _num_shards(index: bytes, source: str) -> int:
-    """The shard count of a bundle's header, read from its index."""
-    table = read_index(index, source)
-    if b'' not in table:
-        raise CheckpointError(f'{source}: no bundle header (not a TensorFlow checkpoint bundle)')
-    return _header(table[b''], source)['num_shards']
-
-
 def _read_loose(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     prefix = str(path)[:-len('.index')] if str(path).endswith('.index') else str(path)
     index_path = Path(prefix + '.index')
     if not index_path.is_file():
         raise FileNotFoundError(f'{path}: no such checkpoint (looked for {index_path})')
     folder, stem = index_path.parent, Path(prefix).name
-    index = index_path.read_bytes()
-    found = (p.name for p in folder.glob(f'{stem}.data-*'))
-    names = _shard_numbers(found, _num_shards(index, str(index_path)))
+    num_shards, entries = parse_bundle(index_path.read_bytes(), prefix)
+    names = _shard_numbers((p.name for p in folder.glob(f'{stem}.data-*')), num_shards)
     shards = {n: (folder / f).read_bytes() for n, f in names.items()}
-    tensors, num_shards = read_bundle(index, shards, prefix)
+    tensors = read_tensors(num_shards, entries, shards, prefix)
     return tensors, {'file': index_path.name, 'prefix': stem, 'num_shards': num_shards}
 
 
@@ -365,18 +354,17 @@ def _read_tar(path: Path) -> tuple[dict[str, np.ndarray], dict]:
                                           f'the {limit} this checkpoint can need')
                 return archive.extractfile(members[name]).read(limit)
 
-            index = read(indexes[0], 1 << 30)
-            names = [n for n in members if n.startswith(stem + '.')]
-            shard_names = _shard_numbers(names, _num_shards(index, f'{path}:{indexes[0]}'))
-            limit = _largest_extent(index, f'{path}:{indexes[0]}')
-            shards = {n: read(f, limit) for n, f in shard_names.items()}
-            tensors, num_shards = read_bundle(index, shards, f'{path}:{stem}')
+            source = f'{path}:{stem}'
+            num_shards, entries = parse_bundle(read(indexes[0], 1 << 30), source)
+            # No data shard needs more than the largest offset + size any tensor declares.
+            limit = max((e['offset'] + e['size'] for e in entries.values()), default=0)
+            names = _shard_numbers((n for n in members if n.startswith(stem + '.')), num_shards)
+            tensors = read_tensors(num_shards, entries, {n: read(f, limit) for n, f in names.items()}, source)
+            extras = {}
+            if 'pose_cfg.yaml' in members:
+                extras['pose_cfg.yaml'] = read('pose_cfg.yaml', 1 << 20)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             raise CheckpointError(f'{path}: truncated or corrupt archive ({err})') from err
-    extras = {}
-    if 'pose_cfg.yaml' in members:
-        with tarfile.open(path, 'r:*') as again:
-            extras['pose_cfg.yaml'] = again.extractfile(again.getmember(members['pose_cfg.yaml'].name)).read()
     return tensors, {'file': path.name, 'prefix': stem, 'num_shards': num_shards, **extras}
 
 
