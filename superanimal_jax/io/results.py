@@ -194,17 +194,11 @@ class ResultWriter:
             return self.paths
         try:
             self._flush()
-            if self._store is None:  # No frames at all: still a valid, empty table.
-                import pandas as pd
-
-                write_h5(pd.DataFrame(np.zeros((0, len(self.columns)), np.float32), columns=self.columns),
-                         self.temps['h5'])
-                if 'csv' in self.temps:
-                    pd.DataFrame(columns=self.columns).to_csv(self.temps['csv'])
-            else:
-                self._store.close()
-                self._store = None
-                pandas2_layout(self.temps['h5'])
+            if self._store is None:  # pandas cannot write an empty table-format frame.
+                raise ValueError('no frames were written: nothing to commit (an empty frame range?)')
+            self._store.close()
+            self._store = None
+            pandas2_layout(self.temps['h5'])
             if self._json is not None:
                 self._json.write(']')
                 self._json.close()
