@@ -10,9 +10,10 @@ import sys
 def _convert(args) -> int:
     from superanimal_jax.checkpoints.convert import convert
 
-    out = convert(pose=args.pose, detector=args.detector, out=args.out, overwrite=args.overwrite)
+    out = convert(pose=args.pose, detector=args.detector, dlcrnet=args.dlcrnet, out=args.out,
+                  overwrite=args.overwrite)
     meta = json.loads((out / 'metadata.json').read_text())
-    for network in ('pose', 'detector'):
+    for network in ('pose', 'detector', 'dlcrnet'):
         if network in meta:
             src = meta[network]['source']
             print(f"{network}: {src['file']} [{src['format']}] -> {src['loaded']} tensors loaded, "
@@ -76,13 +77,19 @@ def _analyze(args) -> int:
         output_folder(args.out)  # Made before the model loads; a file in the way fails here.
     _distributed(args)
     model = superanimal_jax.load(_model_dir(args), dtype=args.dtype)
+    network = model.network(args.network)
     videos = [p for p in inputs if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
     images = [p for p in inputs if p not in videos]
+    if images and network == 'dlcrnet':
+        raise ValueError('the DLCRNet analyses videos (DeepLabCut\'s SuperAnimal TF path is video-only); '
+                         f'not images: {", ".join(map(str, images[:3]))}')
+    if args.scales is not None and network != 'dlcrnet':
+        raise ValueError('--scales applies to the DLCRNet (--network dlcrnet) only')
     options = dict(max_individuals=args.max_individuals, batch_size=args.batch_size, pcutoff=args.pcutoff)
     # With several processes each analyses its share of the videos; process 0 the images.
     done = analyze_videos(videos, model, args.out, labeled_video=args.labeled_video, csv=args.csv,
                           plot_trajectories=args.plot_trajectories, start=args.start, stop=args.stop,
-                          **options)
+                          network=network, scales=args.scales, **options)
     for paths in done.values():
         for path in paths.values():
             print(f'wrote {path}')
@@ -155,6 +162,8 @@ def _convert_command(commands) -> None:
                          'superanimal_topviewmouse_hrnet_w32.pt or a bare state dict')
     convert.add_argument('--detector', metavar='SRC', help='detector.pt, superanimal_topviewmouse_fasterrcnn_'
                          'resnet50_fpn_v2.pt or a bare state dict')
+    convert.add_argument('--dlcrnet', metavar='SRC', help='DLC_ma_supertopview5k_resnet_50_iteration-0_'
+                         'shuffle-1.tar.gz (the TensorFlow release) or a snapshot-N.index')
     convert.add_argument('--out', metavar='DIR', required=True, help='model directory to write')
     convert.add_argument('--overwrite', action='store_true', help='replace DIR if it exists')
     convert.set_defaults(run=_convert)
@@ -181,6 +190,11 @@ def _analyze_command(commands) -> None:
     analyze.add_argument('--csv', action='store_true', help='also write the results as .csv')
     analyze.add_argument('--plot-trajectories', action='store_true',
                          help='also write a trajectory plot (PNG)')
+    analyze.add_argument('--network', choices=('topdown', 'dlcrnet'),
+                         help='which pipeline runs (default: top-down when the model directory holds pose '
+                         'and detector, else the DLCRNet)')
+    analyze.add_argument('--scales', type=int, nargs='+', metavar='HEIGHT',
+                         help='DLCRNet: frame heights to run at and merge (default: H-50 H H+50)')
     analyze.add_argument('--start', type=int, default=0, metavar='FRAME', help='first frame to analyse')
     analyze.add_argument('--stop', type=int, metavar='FRAME', help='analyse up to this frame (exclusive)')
     _add_scaling_options(analyze)

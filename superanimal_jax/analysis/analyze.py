@@ -28,19 +28,31 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
                   max_individuals: int = 10, batch_size: int = 8, pcutoff: float = 0.1,
                   bbox_threshold: float = 0.9, labeled_video: bool = False, csv: bool = False,
                   plot_trajectories: bool = False, start: int = 0, stop: int | None = None,
-                  scorer: str = SUPERANIMAL_SCORER, progress: bool = True) -> dict[str, Path]:
+                  scorer: str = SUPERANIMAL_SCORER, progress: bool = True, network: str | None = None,
+                  scales: Sequence[int] | None = None) -> dict[str, Path]:
     """SuperAnimal-TopViewMouse poses for frames ``[start, stop)`` of ``video``.
 
-    ``model`` is a :class:`superanimal_jax.SuperAnimalModel` with a detector and a pose model.
-    Writes ``<stem>_<scorer>.h5`` (and ``.csv`` with ``csv``), ``<stem>_<scorer>_before_adapt.json``,
-    with ``labeled_video`` ``<stem>_<scorer>_labeled_before_adapt.mp4`` (keypoints with likelihood
-    above ``pcutoff``, boxes scoring at least ``bbox_threshold``) and with ``plot_trajectories``
+    ``model`` is a :class:`superanimal_jax.SuperAnimalModel`; ``network`` picks its pipeline
+    (default: the top-down model when it holds a detector and a pose model, else the DLCRNet).
+
+    Top-down: writes ``<stem>_<scorer>.h5`` (and ``.csv`` with ``csv``),
+    ``<stem>_<scorer>_before_adapt.json``, with ``labeled_video``
+    ``<stem>_<scorer>_labeled_before_adapt.mp4`` (keypoints with likelihood above ``pcutoff``,
+    boxes scoring at least ``bbox_threshold``) and with ``plot_trajectories``
     ``<stem>_<scorer>_trajectories.png``, in ``out_dir`` (default: the video's folder; made, with
     its parents, if missing).  Returns the paths written.  With a frame range, row ``i`` of the
     results is frame ``start + i`` of the video.
+
+    DLCRNet: DeepLabCut's TF ``video_inference`` output, ``<stem>DLC_snapshot-N.h5`` (one animal,
+    rows ``frame0..``, float64; ``.csv`` with ``csv``), at ``scales`` (frame heights, default
+    ``[H - 50, H, H + 50]``); the labeled video and plot as above (``scorer`` is the file's).
     """
     reader = VideoReader(video, start, stop)
     out_dir = output_folder(out_dir) if out_dir is not None else reader.path.parent
+    if model.network(network) == 'dlcrnet':
+        return _analyze_video_dlcrnet(reader, model.dlcrnet, out_dir, batch_size=batch_size,
+                                      pcutoff=pcutoff, labeled_video=labeled_video, csv=csv,
+                                      plot_trajectories=plot_trajectories, progress=progress, scales=scales)
     pipeline = model.pipeline(max_individuals)
     bodyparts = model.keypoint_names
     stem = reader.path.stem
@@ -82,6 +94,59 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     if plot_trajectories:
         paths['trajectories'] = _plot(paths['h5'], out_dir / f'{stem}_{scorer}_trajectories.png',
                                       max_individuals, bodyparts, pcutoff)
+    return paths
+
+
+def _analyze_video_dlcrnet(reader: VideoReader, dlcrnet, out_dir: Path, *, batch_size: int, pcutoff: float,
+                           labeled_video: bool, csv: bool, plot_trajectories: bool, progress: bool,
+                           scales) -> dict[str, Path]:
+    from superanimal_jax.inference.dlcrnet import frame_names
+    from superanimal_jax.transforms.scales import check_scales
+
+    if scales is not None:
+        scales = check_scales(scales)
+    stem, scorer, bodyparts = reader.path.stem, dlcrnet.scorer, dlcrnet.keypoint_names
+    total = max(reader.header_frames, reader.start + len(reader))  # DeepLabCut: the header's count.
+
+    def names(row: int, count: int) -> list[str]:
+        return frame_names(count, total, reader.start + row)
+
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(ResultWriter(out_dir, stem, bodyparts, None, scorer=scorer, csv=csv,
+                                                  separator='', row_names=names, dtype=np.float64))
+        labeled = None
+        if labeled_video:
+            from superanimal_jax.analysis.plotting import LabeledVideoWriter
+
+            labeled = stack.enter_context(LabeledVideoWriter(
+                out_dir / f'{stem}{scorer}_labeled.mp4', reader.fps, (reader.width, reader.height),
+                pcutoff=pcutoff))
+        in_flight = collections.deque()
+
+        def batches():
+            for batch in reader.batches(batch_size):
+                in_flight.append(batch)
+                yield batch.frames, batch.count
+
+        done = 0
+        with tqdm(total=len(reader) or None, unit='frame', desc=stem, disable=not progress,
+                  smoothing=0.1) as bar:
+            for keypoints in dlcrnet.stream(batches(), scales=scales):
+                batch = in_flight.popleft()
+                writer.write({'keypoints': keypoints})
+                if labeled is not None:
+                    for i in range(batch.count):
+                        labeled.write(batch.frames[i], np.nan_to_num(keypoints[i][None], nan=-1.0))
+                done += batch.count
+                bar.update(batch.count)
+        if reader.truncated_at is not None:
+            writer.write_missing(len(reader) - done)
+    paths = dict(writer.paths)
+    if labeled is not None:
+        paths['labeled_video'] = labeled.path
+    if plot_trajectories:
+        paths['trajectories'] = _plot(paths['h5'], out_dir / f'{stem}{scorer}_trajectories.png', 1,
+                                      bodyparts, pcutoff)
     return paths
 
 

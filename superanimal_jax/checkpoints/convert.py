@@ -1,5 +1,6 @@
-"""Released PyTorch weights -> a converted model directory that :func:`superanimal_jax.load` reads,
-for the detector and pose files in the layouts DeepLabCut and the seed release use.
+"""Released weights -> a converted model directory that :func:`superanimal_jax.load` reads: the
+detector and pose PyTorch files in the layouts DeepLabCut and the seed release use, and the
+DLCRNet TensorFlow checkpoint (``.tar.gz`` or a loose ``snapshot-N.index``).
 
 Parity with DeepLabCut: docs/parity/conversion.md.
 """
@@ -13,12 +14,17 @@ import numpy as np
 
 from superanimal_jax.checkpoints import model_dir
 from superanimal_jax.checkpoints.rules import ConversionTable, convert_state_dict
-from superanimal_jax.checkpoints.tables import detector_rules, pose_rules
+from superanimal_jax.checkpoints.tables import detector_rules, pose_resnet_rules, pose_rules
+from superanimal_jax.checkpoints.tf_checkpoint import read_tf_checkpoint
 from superanimal_jax.checkpoints.torch_file import read_checkpoint
 from superanimal_jax.errors import ConversionError
 from superanimal_jax.io.files import sha256
+from superanimal_jax.models import pose_resnet
 from superanimal_jax.models.detector import variables_shape as detector_variables_shape
 from superanimal_jax.models.pose import POSE_VARIANTS, variables_shape
+
+_PART_PRED = 'pose/part_pred/block4'
+_MULTI_STAGE = ('decoder_filters/', 'pose/part_pred_s', 'pose/pairwise_pred_s')
 
 
 def extract_state_dict(obj, source: str) -> tuple[dict[str, np.ndarray], str, dict]:
@@ -101,16 +107,71 @@ def convert_detector_file(path: str | os.PathLike) -> tuple[dict, dict]:
     return variables, {'variant': 'fasterrcnn_resnet50_fpn_v2', 'num_classes': 2, 'source': source}
 
 
-def convert(pose: str | os.PathLike | None = None, detector: str | os.PathLike | None = None,
-            out: str | os.PathLike = 'superanimal_topviewmouse_jax', *, pose_variant: str = 'hrnet_w32',
-            keypoints: tuple[str, ...] | None = None, overwrite: bool = False) -> Path:
-    """Convert released PyTorch weights (pose and/or detector) into a model directory.
+def dlcrnet_config(state, source: str = 'checkpoint') -> pose_resnet.PoseResnetConfig:
+    """The TF network a checkpoint holds, decided from its variable names and head shapes:
+    DeepLabCut's PoseResnet-50 (what its factory builds for the SuperAnimal config), with the
+    location-refinement and part-affinity heads it has; anything else is a clear error."""
+    names = set(state)
+    if any(n.startswith(_MULTI_STAGE) for n in names):
+        raise ConversionError(f'{source}: holds the multi-stage DLCRNet_ms5 network (decoder_filters/*, '
+                              'pose/*_s1..s4), which superanimal-jax does not run yet; DeepLabCut builds '
+                              'it only for a stride below 8, and its SuperAnimal config has stride 8')
+    nets = sorted({n.split('/', 1)[0] for n in names
+                   if n.startswith(('resnet_v1_', 'mobilenet', 'efficientnet'))})
+    head = f'{_PART_PRED}/weights'
+    if nets != ['resnet_v1_50'] or head not in names:
+        raise ConversionError(f'{source}: not a DeepLabCut PoseResnet-50 checkpoint (backbone scopes {nets}, '
+                              f'{head} {"present" if head in names else "missing"})')
+    num_joints = int(np.shape(state[f'{_PART_PRED}/weights'])[2])
+    locref = 'pose/locref_pred/block4/weights' in names
+    locref_shape = np.shape(state.get('pose/locref_pred/block4/weights'))
+    if locref and locref_shape[2] != 2 * num_joints:
+        raise ConversionError(f'{source}: locref head of shape {locref_shape} for {num_joints} joints '
+                              f'(expected {2 * num_joints} channels)')
+    pairwise = state.get('pose/pairwise_pred/block4/weights')
+    num_limbs = int(np.shape(pairwise)[2]) // 2 if pairwise is not None else 0
+    return pose_resnet.PoseResnetConfig(num_joints=num_joints, locref=locref, num_limbs=num_limbs)
 
-    ``keypoints`` defaults to the 27 SuperAnimal-TopViewMouse names for ``hrnet_w32``.
-    Returns the directory's path.
+
+def convert_dlcrnet_state(state, *, source: str = 'state') -> tuple[dict, pose_resnet.PoseResnetConfig, dict]:
+    """TF variables in memory (name -> numpy array) -> ``(variables, config, report summary)``."""
+    config = dlcrnet_config(state, source)
+    variables, report = convert_state_dict(state, pose_resnet_rules(), pose_resnet.variables_shape(config),
+                                           source=source)
+    return variables, config, report.summary()
+
+
+def convert_dlcrnet_file(path: str | os.PathLike, keypoints: tuple[str, ...] | None = None
+                         ) -> tuple[dict, dict]:
+    """Read and convert the DLCRNet TF checkpoint; returns (variables, metadata section)."""
+    path = Path(path)
+    state, info = read_tf_checkpoint(path)
+    variables, config, report = convert_dlcrnet_state(state, source=str(path))
+    names = list(keypoints or model_dir.default_joint_names(config.num_joints))
+    if len(names) != config.num_joints:
+        raise ValueError(f'{len(names)} keypoint names for a {config.num_joints}-joint model')
+    fmt = 'TensorFlow checkpoint (archive)' if path.is_file() and not path.name.endswith('.index') \
+        else 'TensorFlow checkpoint'
+    digest_of = path if path.is_file() else Path(f'{path}.index')
+    return variables, {
+        'architecture': 'pose_resnet_50', 'num_joints': config.num_joints, 'locref': config.locref,
+        'num_limbs': config.num_limbs, 'stride': config.stride, 'locref_stdev': config.locref_stdev,
+        'snapshot': info['prefix'], 'keypoints': names,
+        'source': {'file': info['file'], 'sha256': sha256(digest_of), 'format': fmt, **report}}
+
+
+def convert(pose: str | os.PathLike | None = None, detector: str | os.PathLike | None = None,
+            out: str | os.PathLike = 'superanimal_topviewmouse_jax', *,
+            dlcrnet: str | os.PathLike | None = None, pose_variant: str = 'hrnet_w32',
+            keypoints: tuple[str, ...] | None = None, overwrite: bool = False) -> Path:
+    """Convert released weights (pose and/or detector PyTorch files, the DLCRNet TF checkpoint)
+    into a model directory.
+
+    ``keypoints`` defaults to the 27 SuperAnimal-TopViewMouse names for ``hrnet_w32`` and a
+    27-joint DLCRNet.  Returns the directory's path.
     """
-    if pose is None and detector is None:
-        raise ValueError('nothing to convert: give pose= and/or detector=')
+    if pose is None and detector is None and dlcrnet is None:
+        raise ValueError('nothing to convert: give pose=, detector= and/or dlcrnet=')
     if pose_variant not in POSE_VARIANTS:
         raise ValueError(f'unknown pose variant {pose_variant!r}; known: {sorted(POSE_VARIANTS)}')
     networks, sections = {}, {}
@@ -123,4 +184,7 @@ def convert(pose: str | os.PathLike | None = None, detector: str | os.PathLike |
         sections['pose'] = meta
     if detector is not None:
         networks['detector'], sections['detector'] = convert_detector_file(detector)
+    if dlcrnet is not None:
+        names = keypoints if pose is None else None  # ``keypoints`` name the pose model's, when given.
+        networks['dlcrnet'], sections['dlcrnet'] = convert_dlcrnet_file(dlcrnet, names)
     return model_dir.write(out, networks, sections, overwrite=overwrite)

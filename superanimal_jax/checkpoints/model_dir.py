@@ -36,9 +36,14 @@ LICENCE_NOTICE = (
 def default_keypoints(config: PoseConfig) -> tuple[str, ...]:
     """The 27 SuperAnimal-TopViewMouse names for a 27-keypoint model, else ``keypoint0``,
     ``keypoint1``, ..."""
-    if config.num_keypoints == len(TOPVIEWMOUSE_KEYPOINTS):
+    return default_joint_names(config.num_keypoints)
+
+
+def default_joint_names(count: int) -> tuple[str, ...]:
+    """The 27 SuperAnimal-TopViewMouse names for 27 keypoints, else ``keypoint0``, ``keypoint1``, ..."""
+    if count == len(TOPVIEWMOUSE_KEYPOINTS):
         return TOPVIEWMOUSE_KEYPOINTS
-    return tuple(f'keypoint{i}' for i in range(config.num_keypoints))
+    return tuple(f'keypoint{i}' for i in range(count))
 
 
 def _checkpointer() -> ocp.StandardCheckpointer:

@@ -178,3 +178,25 @@ def synthetic_tf_state(manifest: Iterable[tuple[str, tuple[int, ...]]], *, seed:
                        ) -> dict[str, np.ndarray]:
     """``{name: tensor}`` for TensorFlow variable ``(name, shape)`` entries, in manifest order."""
     return {name: synthetic_tf_tensor(name, tuple(shape), seed) for name, shape in manifest}
+
+
+def apply_tf_overrides(state: Mapping[str, np.ndarray], overrides: Mapping[str, np.ndarray]
+                       ) -> dict[str, np.ndarray]:
+    """``state`` with the calibration of ``tests/reference/make_dlcrnet_fixtures.py`` applied:
+    BatchNorm moving statistics by variable name, the part_pred kernel times ``part_pred/gain``
+    with its biases set to ``part_pred/bias`` (one a joint), the locref head times
+    ``locref_pred/gain`` (float32)."""
+    state = dict(state)
+    heads = {'part_pred/gain', 'part_pred/bias', 'locref_pred/gain'}
+    for name, value in overrides.items():
+        if name not in heads:
+            if name not in state:
+                raise KeyError(f'override for unknown variable {name!r}')
+            state[name] = np.asarray(value, np.float32)
+    part, locref = 'pose/part_pred/block4', 'pose/locref_pred/block4'
+    state[f'{part}/weights'] = state[f'{part}/weights'] * np.float32(overrides['part_pred/gain'])
+    state[f'{part}/biases'] = np.broadcast_to(
+        np.asarray(overrides['part_pred/bias'], np.float32), state[f'{part}/biases'].shape).copy()
+    for leaf in ('weights', 'biases'):
+        state[f'{locref}/{leaf}'] = state[f'{locref}/{leaf}'] * np.float32(overrides['locref_pred/gain'])
+    return state

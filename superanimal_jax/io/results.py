@@ -31,9 +31,10 @@ def output_folder(path: str | os.PathLike) -> Path:
 
 
 def result_paths(out_dir: str | os.PathLike, stem: str, scorer: str = SUPERANIMAL_SCORER, *,
-                 csv: bool = False, json_file: bool = True) -> dict[str, Path]:
-    """Final paths of the results for ``stem`` (``h5``, and ``csv`` / ``json`` when asked)."""
-    base = Path(out_dir) / f'{stem}_{scorer}'
+                 csv: bool = False, json_file: bool = True, separator: str = '_') -> dict[str, Path]:
+    """Final paths of the results for ``stem`` (``h5``, and ``csv`` / ``json`` when asked):
+    ``<stem><separator><scorer>.h5`` (DeepLabCut's TF engine puts no separator)."""
+    base = Path(out_dir) / f'{stem}{separator}{scorer}'
     paths = {'h5': base.with_name(base.name + '.h5')}
     if csv:
         paths['csv'] = base.with_name(base.name + '.csv')
@@ -42,10 +43,14 @@ def result_paths(out_dir: str | os.PathLike, stem: str, scorer: str = SUPERANIMA
     return paths
 
 
-def columns(scorer: str, bodyparts, max_individuals: int):
-    """DeepLabCut's column MultiIndex (scorer, individuals, bodyparts, coords)."""
+def columns(scorer: str, bodyparts, max_individuals: int | None):
+    """DeepLabCut's column MultiIndex (scorer, individuals, bodyparts, coords); without
+    ``max_individuals``, its single-animal layout (scorer, bodyparts, coords)."""
     import pandas as pd
 
+    if max_individuals is None:
+        return pd.MultiIndex.from_product([[scorer], list(bodyparts), ['x', 'y', 'likelihood']],
+                                          names=['scorer', 'bodyparts', 'coords'])
     individuals = [f'animal{i}' for i in range(max_individuals)]
     return pd.MultiIndex.from_product([[scorer], individuals, list(bodyparts), ['x', 'y', 'likelihood']],
                                       names=['scorer', 'individuals', 'bodyparts', 'coords'])
@@ -93,19 +98,24 @@ class ResultWriter:
     """Stream predictions (``keypoints (n, M, K, 3)``, ``boxes (n, M, 4)``, ``box_scores (n, M)``)
     for consecutive frames into the result files; ``close()`` commits, ``abort()`` discards.
 
-    Use as a context manager: leaving it by an exception aborts.
+    Use as a context manager: leaving it by an exception aborts.  With ``max_individuals=None``
+    the single-animal layout of DeepLabCut's TF engine: ``keypoints (n, K, 3)``, no json.
+    ``row_names(start, count)`` names the rows (default: frame numbers); ``dtype`` is the values'.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, stem: str, bodyparts, max_individuals: int, *,
+    def __init__(self, out_dir: str | os.PathLike, stem: str, bodyparts, max_individuals: int | None, *,
                  scorer: str = SUPERANIMAL_SCORER, csv: bool = False, json_file: bool = True,
-                 chunk_rows: int = 1000):
+                 chunk_rows: int = 1000, separator: str = '_', row_names=None, dtype=np.float32):
         out_dir = Path(out_dir)
         if not out_dir.is_dir():
             raise OSError(f'output folder {out_dir} does not exist')
-        self.paths = result_paths(out_dir, stem, scorer, csv=csv, json_file=json_file)
+        json_file = json_file and max_individuals is not None
+        self.paths = result_paths(out_dir, stem, scorer, csv=csv, json_file=json_file, separator=separator)
         self.temps = {k: hidden_temporary(p) for k, p in self.paths.items()}
         self.columns = columns(scorer, bodyparts, max_individuals)
-        self.shape = (max_individuals, len(bodyparts))
+        self.shape = (len(bodyparts),) if max_individuals is None else (max_individuals, len(bodyparts))
+        self.row_names = row_names or (lambda start, count: range(start, start + count))
+        self.dtype = np.dtype(dtype)
         self.chunk_rows = chunk_rows
         self.rows = 0  # Frames written so far (the next frame's index).
         self._buffer: list[np.ndarray] = []
@@ -137,10 +147,10 @@ class ResultWriter:
     def write(self, predictions: dict[str, np.ndarray]) -> None:
         """Append the next frames' ``keypoints``, ``boxes`` and ``box_scores``: h5/csv rows of
         keypoints and, when the json is written, one json entry per frame."""
-        keypoints = np.asarray(predictions['keypoints'], np.float32)
+        keypoints = np.asarray(predictions['keypoints'], self.dtype)
         n = len(keypoints)
         if keypoints.shape[1:] != self.shape + (3,):
-            raise ValueError(f'keypoints must be (n, {self.shape[0]}, {self.shape[1]}, 3), '
+            raise ValueError(f'keypoints must be (n, {", ".join(map(str, self.shape))}, 3), '
                              f'got {keypoints.shape}')
         self._rows(keypoints.reshape(n, -1))
         if self._json is not None:
@@ -152,7 +162,7 @@ class ResultWriter:
 
     def write_missing(self, n: int) -> None:
         """``n`` frames that could not be decoded: NaN rows, ``null`` json entries."""
-        self._rows(np.full((n, len(self.columns)), np.nan, np.float32))
+        self._rows(np.full((n, len(self.columns)), np.nan, self.dtype))
         for _ in range(n if self._json is not None else 0):
             self._json_item(None)
 
@@ -175,18 +185,25 @@ class ResultWriter:
         import pandas as pd
 
         values = np.concatenate(self._buffer)
-        frame = pd.DataFrame(values, columns=self.columns, index=range(self.rows, self.rows + len(values)))
+        frame = pd.DataFrame(values, columns=self.columns, index=self.row_names(self.rows, len(values)))
         if self._store is None:
             self._store = pd.HDFStore(self.temps['h5'], mode='w')
             # No creation times and no PyTables query index (whose nodes carry times): the same
             # results give the same bytes.  Readers (pandas.read_hdf, DeepLabCut) do not need it.
-            self._store.put('df_with_missing', frame, format='table', track_times=False, index=False)
+            self._store.put('df_with_missing', frame, format='table', track_times=False, index=False,
+                            min_itemsize=self._min_itemsize(frame))
         else:
-            self._store.append('df_with_missing', frame, format='table', index=False)
+            self._store.append('df_with_missing', frame, format='table', index=False,
+                               min_itemsize=self._min_itemsize(frame))
         if 'csv' in self.temps:
             frame.to_csv(self.temps['csv'], mode='a', header=self.rows == 0)
         self.rows += len(values)
         self._buffer, self._buffered = [], 0
+
+    @staticmethod
+    def _min_itemsize(frame):
+        """Room for row names up to 32 characters (table columns are sized by their first rows)."""
+        return {'index': 32} if frame.index.dtype == object or frame.index.dtype.kind in 'OSU' else None
 
     def close(self) -> dict[str, Path]:
         """Write what is buffered and move every file into place; returns the final paths."""
