@@ -12,6 +12,23 @@ from pathlib import Path
 import jax
 
 
+def write_clip(source: Path, path: Path, frames: int) -> Path:
+    """The first ``frames`` frames of the video ``source``, re-encoded by OpenCV as MJPG at ``path``."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(source))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    writer = None
+    for _ in range(frames):
+        frame = capture.read()[1]
+        if writer is None:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps, frame.shape[1::-1])
+        writer.write(frame)
+    writer.release()
+    capture.release()
+    return path
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()

@@ -35,21 +35,7 @@ from superanimal_jax.analysis.analyze import analyze_video  # noqa: E402
 from superanimal_jax.checkpoints import synthetic  # noqa: E402
 from superanimal_jax.transforms import crops  # noqa: E402
 
-from _common import describe, side_by_side, timed, write_report  # noqa: E402
-
-
-def clip(path: Path, frames: int) -> Path:
-    capture = cv2.VideoCapture(str(VIDEO))
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    writer = None
-    for _ in range(frames):
-        frame = capture.read()[1]
-        if writer is None:
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps, frame.shape[1::-1])
-        writer.write(frame)
-    writer.release()
-    capture.release()
-    return path
+from _common import describe, side_by_side, timed, write_clip, write_report  # noqa: E402
 
 
 def main() -> None:
@@ -67,7 +53,7 @@ def main() -> None:
         tmp = Path(tmp)
         pose = synthetic.write_pose_checkpoints(state('pose'), tmp)['dlc3']
         detector = synthetic.write_detector_checkpoints(state('detector'), tmp)['dlc3']
-        video = clip(tmp / 'clip.avi', args.frames)
+        video = write_clip(VIDEO, tmp / 'clip.avi', args.frames)
         start = time.perf_counter()
         model = superanimal_jax.load(superanimal_jax.convert(pose=pose, detector=detector, out=tmp / 'model'))
         load_s = time.perf_counter() - start

@@ -3,8 +3,10 @@ DeepLabCut 3.0.2 builds in TensorFlow 2.14 (goldens: ``tests/reference/make_dlcr
 
 The goldens hold taps of TF's network on a real openfield crop and a random input, with the
 synthetic weights of ``synthetic.synthetic_tf_state`` (regenerated here from the manifest's names,
-shapes and seed).  The live tier also has TF write those weights as a checkpoint, reads it with
-our reader and compares every tap again.
+shapes and seed) and the BatchNorm statistics and head gains calibrated on openfield frames
+(``dlcrnet_overrides.npz``).  The live tier also has TF write those weights as a checkpoint and
+the release's ``.tar.gz``, reads both with our reader, compares every tap again, and runs
+``convert --dlcrnet`` and ``analyze`` against DeepLabCut's own ``video_inference`` on the clip.
 """
 
 from __future__ import annotations
@@ -27,13 +29,21 @@ from conftest import FIXTURES, run_reference_script
 
 GOLDENS = ('dlcrnet_manifest.json',)  # The versions the goldens were made with (conftest).
 TAPS = ('block1', 'block2', 'block3', 'block4', 'part_pred', 'scmap', 'locref')
-RTOL = 1e-5  # Relative to each tap's max-abs; measured: at most 1.3e-6 (float32 rounding).
+RTOL = 5e-5  # Relative to each tap's max-abs; measured: at most 2.9e-5 (real/block4).
+SCMAP_ATOL = 5e-4  # The sigmoid score map, absolute; measured: at most 2.7e-4 (random input).
 
 
 def load(folder=FIXTURES):
     manifest = json.loads((folder / 'dlcrnet_manifest.json').read_text())
     with np.load(folder / 'dlcrnet_golden.npz') as g:
         return manifest, dict(g)
+
+
+def golden_state(manifest, folder=FIXTURES) -> dict[str, np.ndarray]:
+    """The TF variables the goldens were made with: synthetic, then calibrated (overrides)."""
+    with np.load(folder / 'dlcrnet_overrides.npz') as overrides:
+        state = synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed'])
+        return synthetic.apply_tf_overrides(state, dict(overrides))
 
 
 @pytest.fixture(scope='module')
@@ -55,6 +65,8 @@ def check_taps(variables, manifest, golden) -> dict[str, float]:
             ours, ref = np.asarray(out[tap], np.float32), golden[f'{name}/{tap}']
             if tap.startswith('block'):
                 ours, scale = ours[..., ::manifest['channels_every']], float(golden[f'{name}/maxabs/{tap}'])
+            elif tap == 'scmap':
+                scale = 1.0  # Probabilities: absolute error (the logits' error through the sigmoid).
             else:
                 scale = float(np.abs(ref).max())
             assert ours.shape == ref.shape, (name, tap)
@@ -63,16 +75,15 @@ def check_taps(variables, manifest, golden) -> dict[str, float]:
         scmap, ref = np.asarray(out['scmap']), golden[f'{name}/scmap']
         np.testing.assert_array_equal(scmap.reshape(-1, scmap.shape[-1]).argmax(0),
                                       ref.reshape(-1, ref.shape[-1]).argmax(0), err_msg=name)
-    worst = max(errors, key=errors.get)
-    print(f'worst tap {worst}: {errors[worst]:.2e} relative max-abs error')
-    assert errors[worst] <= RTOL, errors
+    print(' '.join(f'{k} {v:.1e}' for k, v in errors.items()))
+    assert all(v <= (SCMAP_ATOL if k.endswith('/scmap') else RTOL) for k, v in errors.items()), errors
     return errors
 
 
 def test_every_variable_converts_exactly_once(golden):
     manifest, _ = golden
     assert len(manifest['manifest']) == 269  # PoseResnet-50 with part_pred and locref_pred heads.
-    variables, report = convert(synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed']))
+    variables, report = convert(golden_state(manifest))
     assert report.summary()['loaded'] == 269 and len(flatten(variables)) == 269
     kernel = variables['params']['resnet_v1_50']['block4_unit_3']['conv2']['conv']['kernel']
     assert kernel.shape == (3, 3, 512, 512)  # TF's HWIO, as it is.
@@ -80,13 +91,13 @@ def test_every_variable_converts_exactly_once(golden):
 
 def test_matches_tensorflow(golden):
     manifest, g = golden
-    variables, _ = convert(synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed']))
+    variables, _ = convert(golden_state(manifest))
     check_taps(variables, manifest, g)
 
 
 def test_unknown_and_missing_variables_are_named(golden):
     manifest, _ = golden
-    state = synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed'])
+    state = golden_state(manifest)
     del state['pose/locref_pred/block4/biases']
     state['decoder_filters/decoder_parallel_1/weights'] = np.zeros((1, 1, 2, 2), np.float32)
     with pytest.raises(ConversionError) as err:
@@ -97,26 +108,47 @@ def test_unknown_and_missing_variables_are_named(golden):
 
 @pytest.mark.reference
 def test_live_tensorflow(tmp_path, golden):
-    """TF builds DeepLabCut's network afresh, writes the weights as a checkpoint (our reader loads
-    it, equal to the regenerated weights) and runs it: every tap within the same tolerance."""
-    run_reference_script('make_dlcrnet_fixtures.py', tmp_path, '--checkpoint', str(tmp_path),
+    """TF builds DeepLabCut's network afresh, calibrates it, writes the weights as a checkpoint and
+    as the release's ``.tar.gz`` (our reader loads both, equal to the regenerated weights) and runs
+    it: every tap within the same tolerance.  Then ``convert --dlcrnet`` on the archive and
+    ``analyze`` on the clip, against the h5 DeepLabCut's ``video_inference`` wrote in this run."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from test_dlcrnet_pipeline import CLIP, compare
+
+    checkpoint = tmp_path / 'checkpoint'
+    run_reference_script('make_dlcrnet_fixtures.py', tmp_path, '--checkpoint', str(checkpoint), '--tarball',
                          python='.ref-tf')
     manifest, live = load(tmp_path)
     assert manifest['manifest'] == golden[0]['manifest']
-    state, _ = read_tf_checkpoint(tmp_path / 'snapshot-0')
-    regenerated = synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed'])
-    assert state.keys() == regenerated.keys()
-    assert all(np.array_equal(state[k], regenerated[k]) for k in state)
+    regenerated = golden_state(manifest, tmp_path)
+    tarball = checkpoint / 'DLC_ma_supertopview5k_resnet_50_iteration-0_shuffle-1.tar.gz'
+    for source in (checkpoint / 'snapshot-0', tarball):
+        state, _ = read_tf_checkpoint(source)
+        assert state.keys() == regenerated.keys()
+        assert all(np.array_equal(state[k], regenerated[k]) for k in state), source
     check_taps(convert(state)[0], manifest, live)
+    model = tmp_path / 'model'
+    cli = [sys.executable, '-m', 'superanimal_jax.cli']
+    subprocess.run([*cli, 'convert', '--dlcrnet', str(tarball), '--out', str(model)], check=True)
+    for name, run in manifest['clip']['runs'].items():
+        out = tmp_path / name
+        subprocess.run([*cli, 'analyze', str(CLIP), '--model', str(model), '--out', str(out),
+                        '--scales', *map(str, run['scales'])], check=True)
+        compare(pd.read_hdf(out / run['h5'], 'df_with_missing'),
+                pd.read_hdf(tmp_path / 'dlcrnet_clip' / f'{name}.h5', 'df_with_missing'), f'live {name}')
 
 
 def test_float32_floor(golden):
     """Where float32 rounding puts the floor: TF's float32 taps and ours, each against our float64
     forward of the same weights (DeepLabCut's graph cannot be built in float64: its input
-    centring is float32).  Measured: TF float32 at most 8.9e-7 from float64, ours at most 1.3e-6:
-    the same order, ours up to 1.6x further (our BatchNorm is not folded as TF's fused kernel is)."""
+    centring is float32).  Measured with the calibrated weights (relative max-abs): on the real
+    crop TF 1.4e-6 .. 6.7e-5 and ours 1.3e-6 .. 6.6e-5 (block1 .. block4: the same, ours at most
+    1.05x TF's); on the random input TF 1.1e-6 .. 4.1e-6, ours 1.1e-6 .. 8.9e-6 (part_pred: 2.2x)."""
     manifest, g = golden
-    variables, _ = convert(synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed']))
+    variables, _ = convert(golden_state(manifest))
     every = manifest['channels_every']
     for name in ('real', 'random'):
         ours32 = jax.jit(PoseResnet().apply)(variables, g[f'inputs/{name}'])  # Jitted, as it runs.
@@ -132,4 +164,4 @@ def test_float32_floor(golden):
             tf_error = np.abs(g[f'{name}/{tap}'] - exact).max() / scale
             our_error = np.abs(ours - exact).max() / scale
             print(f'{name}/{tap}: TF float32 {tf_error:.2e}, ours {our_error:.2e} from float64')
-            assert tf_error < 2e-6 and our_error <= 2 * tf_error
+            assert tf_error < 1e-4 and our_error <= 2.5 * tf_error

@@ -147,17 +147,24 @@ def convert_dlcrnet_file(path: str | os.PathLike, keypoints: tuple[str, ...] | N
     path = Path(path)
     state, info = read_tf_checkpoint(path)
     variables, config, report = convert_dlcrnet_state(state, source=str(path))
-    names = list(keypoints or model_dir.default_joint_names(config.num_joints))
-    if len(names) != config.num_joints:
-        raise ValueError(f'{len(names)} keypoint names for a {config.num_joints}-joint model')
     fmt = 'TensorFlow checkpoint (archive)' if path.is_file() and not path.name.endswith('.index') \
         else 'TensorFlow checkpoint'
     digest_of = path if path.is_file() else Path(f'{path}.index')
-    return variables, {
-        'architecture': 'pose_resnet_50', 'num_joints': config.num_joints, 'locref': config.locref,
-        'num_limbs': config.num_limbs, 'stride': config.stride, 'locref_stdev': config.locref_stdev,
-        'snapshot': info['prefix'], 'keypoints': names,
-        'source': {'file': info['file'], 'sha256': sha256(digest_of), 'format': fmt, **report}}
+    source = {'file': info['file'], 'sha256': sha256(digest_of), 'format': fmt, **report}
+    return variables, dlcrnet_section(config, info['prefix'], keypoints, source)
+
+
+def dlcrnet_section(config: pose_resnet.PoseResnetConfig, snapshot: str, keypoints=None,
+                    source: dict | None = None) -> dict:
+    """The model directory's ``dlcrnet`` metadata: the network's config, the snapshot name (which
+    names the results, ``DLC_snapshot-N``), the keypoint names (default: SuperAnimal-TopViewMouse's
+    27 for 27 joints) and where the weights came from."""
+    names = list(keypoints or model_dir.default_joint_names(config.num_joints))
+    if len(names) != config.num_joints:
+        raise ValueError(f'{len(names)} keypoint names for a {config.num_joints}-joint model')
+    return {'architecture': 'pose_resnet_50', 'num_joints': config.num_joints, 'locref': config.locref,
+            'num_limbs': config.num_limbs, 'stride': config.stride, 'locref_stdev': config.locref_stdev,
+            'snapshot': snapshot, 'keypoints': names, 'source': source or {}}
 
 
 def convert(pose: str | os.PathLike | None = None, detector: str | os.PathLike | None = None,

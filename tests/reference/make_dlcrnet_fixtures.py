@@ -264,12 +264,11 @@ def main() -> None:
     if not args.no_video:
         from importlib import metadata
 
-        import cv2
         import imgaug
 
         manifest_out['clip'] = video_goldens(checkpoint, args.out / 'dlcrnet_clip')
         manifest_out['versions'].update(deeplabcut=metadata.version('deeplabcut'), imgaug=imgaug.__version__,
-                                        opencv=cv2.__version__)
+                                        opencv=metadata.version('opencv-python-headless'))
         manifest_out['keypoints'] = superanimal_test_config()['all_joints_names']
     (args.out / 'dlcrnet_manifest.json').write_text(json.dumps(manifest_out) + '\n')
     if args.tarball:
