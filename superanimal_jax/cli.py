@@ -16,8 +16,8 @@ def _convert(args) -> int:
     for network in ('pose', 'detector', 'dlcrnet'):
         if network in meta:
             src = meta[network]['source']
-            print(f"{network}: {src['file']} [{src['format']}] -> {src['loaded']} tensors loaded, "
-                  + ', '.join(f"{i['count']} ignored ({i['reason']})" for i in src['ignored']))
+            skipped = ''.join(f", {i['count']} ignored ({i['reason']})" for i in src['ignored'])
+            print(f"{network}: {src['file']} [{src['format']}] -> {src['loaded']} tensors loaded{skipped}")
     print(f'wrote {out}')
     return 0
 
@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     for add in (_convert_command, _analyze_command, _download_command, _train_command, _evaluate_command):
         add(commands)
     args = parser.parse_args(argv)
-    if args.command == 'convert' and not (args.pose or args.detector):
-        parser.error('convert needs --pose and/or --detector')
+    if args.command == 'convert' and not (args.pose or args.detector or args.dlcrnet):
+        parser.error('convert needs --pose, --detector and/or --dlcrnet')
     try:
         return args.run(args)
     except KeyboardInterrupt:

@@ -41,9 +41,7 @@ def load(folder=FIXTURES):
 
 def golden_state(manifest, folder=FIXTURES) -> dict[str, np.ndarray]:
     """The TF variables the goldens were made with: synthetic, then calibrated (overrides)."""
-    with np.load(folder / 'dlcrnet_overrides.npz') as overrides:
-        state = synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed'])
-        return synthetic.apply_tf_overrides(state, dict(overrides))
+    return synthetic.tf_fixture_state(folder)
 
 
 @pytest.fixture(scope='module')

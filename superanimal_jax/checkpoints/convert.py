@@ -14,7 +14,12 @@ import numpy as np
 
 from superanimal_jax.checkpoints import model_dir
 from superanimal_jax.checkpoints.rules import ConversionTable, convert_state_dict
-from superanimal_jax.checkpoints.tables import detector_rules, pose_resnet_rules, pose_rules
+from superanimal_jax.checkpoints.tables import (
+    detector_rules,
+    pose_multinet_rules,
+    pose_resnet_rules,
+    pose_rules,
+)
 from superanimal_jax.checkpoints.tf_checkpoint import read_tf_checkpoint
 from superanimal_jax.checkpoints.torch_file import read_checkpoint
 from superanimal_jax.errors import ConversionError
@@ -25,6 +30,7 @@ from superanimal_jax.models.pose import POSE_VARIANTS, variables_shape
 
 _PART_PRED = 'pose/part_pred/block4'
 _MULTI_STAGE = ('decoder_filters/', 'pose/part_pred_s', 'pose/pairwise_pred_s')
+_MULTI_HEAD = 'pose/part_pred_s1/Conv2d_transpose'
 
 
 def extract_state_dict(obj, source: str) -> tuple[dict[str, np.ndarray], str, dict]:
@@ -109,35 +115,39 @@ def convert_detector_file(path: str | os.PathLike) -> tuple[dict, dict]:
 
 def dlcrnet_config(state, source: str = 'checkpoint') -> pose_resnet.PoseResnetConfig:
     """The TF network a checkpoint holds, decided from its variable names and head shapes:
-    DeepLabCut's PoseResnet-50 (what its factory builds for the SuperAnimal config), with the
-    location-refinement and part-affinity heads it has; anything else is a clear error."""
+    DeepLabCut's PoseResnet-50 (what its factory builds for the SuperAnimal config) or the
+    multi-stage DLCRNet_ms5 on resnet_v1_50, with the heads it has; anything else is a clear error."""
     names = set(state)
-    if any(n.startswith(_MULTI_STAGE) for n in names):
-        raise ConversionError(f'{source}: holds the multi-stage DLCRNet_ms5 network (decoder_filters/*, '
-                              'pose/*_s1..s4), which superanimal-jax does not run yet; DeepLabCut builds '
-                              'it only for a stride below 8, and its SuperAnimal config has stride 8')
     nets = sorted({n.split('/', 1)[0] for n in names
                    if n.startswith(('resnet_v1_', 'mobilenet', 'efficientnet'))})
-    head = f'{_PART_PRED}/weights'
+    multi = any(n.startswith(_MULTI_STAGE) for n in names)
+    head = f'{_MULTI_HEAD if multi else _PART_PRED}/weights'
+    kind = 'multi-stage DLCRNet_ms5' if multi else 'PoseResnet-50'
     if nets != ['resnet_v1_50'] or head not in names:
-        raise ConversionError(f'{source}: not a DeepLabCut PoseResnet-50 checkpoint (backbone scopes {nets}, '
-                              f'{head} {"present" if head in names else "missing"})')
-    num_joints = int(np.shape(state[f'{_PART_PRED}/weights'])[2])
-    locref = 'pose/locref_pred/block4/weights' in names
-    locref_shape = np.shape(state.get('pose/locref_pred/block4/weights'))
-    if locref and locref_shape[2] != 2 * num_joints:
-        raise ConversionError(f'{source}: locref head of shape {locref_shape} for {num_joints} joints '
-                              f'(expected {2 * num_joints} channels)')
-    pairwise = state.get('pose/pairwise_pred/block4/weights')
-    num_limbs = int(np.shape(pairwise)[2]) // 2 if pairwise is not None else 0
-    return pose_resnet.PoseResnetConfig(num_joints=num_joints, locref=locref, num_limbs=num_limbs)
+        raise ConversionError(f'{source}: not a DeepLabCut {kind} checkpoint on resnet_v1_50 (backbone '
+                              f'scopes {nets}, {head} {"present" if head in names else "missing"})')
+    num_joints = int(np.shape(state[head])[2])
+    locref_name = f"pose/locref_pred/{'Conv2d_transpose' if multi else 'block4'}/weights"
+    locref = locref_name in names
+    if locref and np.shape(state[locref_name])[2] != 2 * num_joints:
+        raise ConversionError(f'{source}: locref head of shape {np.shape(state[locref_name])} for '
+                              f'{num_joints} joints (expected {2 * num_joints} channels)')
+    fields = state.get('pose/pairwise_pred_s1/Conv2d_transpose/weights' if multi
+                       else 'pose/pairwise_pred/block4/weights')
+    num_limbs = int(np.shape(fields)[2]) // 2 if fields is not None else 0
+    if multi and not num_limbs:
+        raise ConversionError(f'{source}: a multi-stage network without part-affinity fields '
+                              '(pose/pairwise_pred_s1) has no final part_pred: DeepLabCut cannot run it '
+                              'either')
+    return pose_resnet.PoseResnetConfig(num_joints=num_joints, locref=locref, num_limbs=num_limbs,
+                                        multi_stage=multi)
 
 
 def convert_dlcrnet_state(state, *, source: str = 'state') -> tuple[dict, pose_resnet.PoseResnetConfig, dict]:
     """TF variables in memory (name -> numpy array) -> ``(variables, config, report summary)``."""
     config = dlcrnet_config(state, source)
-    variables, report = convert_state_dict(state, pose_resnet_rules(), pose_resnet.variables_shape(config),
-                                           source=source)
+    table = pose_multinet_rules() if config.multi_stage else pose_resnet_rules()
+    variables, report = convert_state_dict(state, table, pose_resnet.variables_shape(config), source=source)
     return variables, config, report.summary()
 
 
@@ -162,7 +172,8 @@ def dlcrnet_section(config: pose_resnet.PoseResnetConfig, snapshot: str, keypoin
     names = list(keypoints or model_dir.default_joint_names(config.num_joints))
     if len(names) != config.num_joints:
         raise ValueError(f'{len(names)} keypoint names for a {config.num_joints}-joint model')
-    return {'architecture': 'pose_resnet_50', 'num_joints': config.num_joints, 'locref': config.locref,
+    architecture = 'dlcrnet_ms5' if config.multi_stage else 'pose_resnet_50'
+    return {'architecture': architecture, 'num_joints': config.num_joints, 'locref': config.locref,
             'num_limbs': config.num_limbs, 'stride': config.stride, 'locref_stdev': config.locref_stdev,
             'snapshot': snapshot, 'keypoints': names, 'source': source or {}}
 

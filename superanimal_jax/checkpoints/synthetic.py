@@ -200,3 +200,30 @@ def apply_tf_overrides(state: Mapping[str, np.ndarray], overrides: Mapping[str, 
     for leaf in ('weights', 'biases'):
         state[f'{locref}/{leaf}'] = state[f'{locref}/{leaf}'] * np.float32(overrides['locref_pred/gain'])
     return state
+
+
+def tf_fixture_state(fixtures: str | Path) -> dict[str, np.ndarray]:
+    """The test suite's DLCRNet TF variables, regenerated from the committed fixtures
+    (``dlcrnet_manifest.json``: names, shapes, seed; ``dlcrnet_overrides.npz``: the calibration),
+    checked bit for bit against the manifest's sha256 when it records one."""
+    import json
+
+    fixtures = Path(fixtures)
+    manifest = json.loads((fixtures / 'dlcrnet_manifest.json').read_text())
+    with np.load(fixtures / 'dlcrnet_overrides.npz') as overrides:
+        state = apply_tf_overrides(synthetic_tf_state(manifest['manifest'], seed=manifest['seed']),
+                                   dict(overrides))
+    digest = tf_state_sha256(state)
+    if manifest.get('state_sha256', digest) != digest:
+        raise ValueError(f'synthetic DLCRNet weights no longer regenerate exactly (sha256 {digest})')
+    return state
+
+
+def tf_state_sha256(state: Mapping[str, np.ndarray]) -> str:
+    """sha256 of the tensors' bytes, in name order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(np.ascontiguousarray(state[name]).tobytes())
+    return digest.hexdigest()

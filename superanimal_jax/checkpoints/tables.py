@@ -81,6 +81,39 @@ _TF_HEADS = r'pose/(?P<head>part_pred|locref_pred|pairwise_pred)/block4'
 def pose_resnet_rules() -> ConversionTable:
     """The table of DeepLabCut's TF PoseResnet checkpoint (269 variables, plus ``pairwise_pred`` when
     the network has part-affinity fields): tf_slim's names, TF's HWIO kernels as they are."""
+    rules = _slim_resnet_rules() + [Rule(rf'{_TF_HEADS}/weights', 'params/{head}/weights'),
+                                    Rule(rf'{_TF_HEADS}/biases', 'params/{head}/biases')]
+    return ConversionTable(rules, [_TF_STEP])
+
+
+_TF_STEP = Ignore(r'global_step', 'the training step counter')
+_TF_DECODER = r'decoder_filters/(?P<m>decoder_parallel_\d)'
+_TF_TRANSPOSED = r'pose/(?P<head>part_pred_s1|locref_pred|pairwise_pred_s1)/Conv2d_transpose'
+_TF_STAGES = r'pose/(?P<head>(?:part|pairwise)_pred(?:_s[234])?)/Conv'
+
+
+def pose_multinet_rules() -> ConversionTable:
+    """The table of DeepLabCut's multi-stage TF network (DLCRNet_ms5, 309 variables with
+    part-affinity fields): the backbone as :func:`pose_resnet_rules`, the decoder convs and their
+    BatchNorm offsets, the transposed stage-1 heads and the refinement stages' convs.  The decoder
+    BatchNorm's moving statistics are skipped: at inference TF normalises with batch statistics."""
+    rules = _slim_resnet_rules() + [
+        Rule(rf'{_TF_DECODER}/weights', 'params/{m}/conv/kernel'),
+        Rule(rf'{_TF_DECODER}/BatchNorm/beta', 'params/{m}/bias'),
+        Rule(rf'{_TF_TRANSPOSED}/weights', 'params/{head}/weights'),
+        Rule(rf'{_TF_TRANSPOSED}/biases', 'params/{head}/biases'),
+        Rule(r'pose/Conv2d_transpose/weights', 'params/Conv2d_transpose/weights'),
+        Rule(r'pose/Conv2d_transpose/biases', 'params/Conv2d_transpose/biases'),
+        Rule(rf'{_TF_STAGES}/weights', 'params/{head}/Conv/kernel'),
+        Rule(rf'{_TF_STAGES}/biases', 'params/{head}/Conv/bias'),
+    ]
+    ignore = [_TF_STEP, Ignore(rf'{_TF_DECODER}/BatchNorm/moving_(?:mean|variance)',
+                               "the decoder's BatchNorm runs on batch statistics at inference (slim's "
+                               'batch_norm defaults to is_training=True), so these are never read')]
+    return ConversionTable(rules, ignore)
+
+
+def _slim_resnet_rules() -> list[Rule]:
     rules = []
     for source, target in ((_TF_UNIT, 'resnet_v1_50/block{b}_unit_{u}/{layer}'),
                            (r'resnet_v1_50/(?P<layer>conv1)', 'resnet_v1_50/{layer}')):
@@ -91,6 +124,4 @@ def pose_resnet_rules() -> ConversionTable:
             Rule(rf'{source}/BatchNorm/moving_mean', f'batch_stats/{target}/BatchNorm/mean'),
             Rule(rf'{source}/BatchNorm/moving_variance', f'batch_stats/{target}/BatchNorm/var'),
         ]
-    rules += [Rule(rf'{_TF_HEADS}/weights', 'params/{head}/weights'),
-              Rule(rf'{_TF_HEADS}/biases', 'params/{head}/biases')]
-    return ConversionTable(rules, [Ignore(r'global_step', 'the training step counter')])
+    return rules

@@ -17,7 +17,7 @@ import numpy as np
 
 from superanimal_jax import parallel
 from superanimal_jax.inference.topdown import check_frames
-from superanimal_jax.models.pose_resnet import PoseResnet, PoseResnetConfig, best_peaks
+from superanimal_jax.models.pose_resnet import PoseResnetConfig, best_peaks, network
 from superanimal_jax.transforms import scales as scales_lib
 
 CONFIDENCE_CUTOFF = 0.1  # Scale predictions below this are left out of the merge.
@@ -25,7 +25,8 @@ COSINE_CUTOFF = 0.997  # ... and those whose cosine to the scales' median is bel
 
 
 class DLCRNetEstimator:
-    """DeepLabCut's TF pose network (PoseResnet) with its weights, for one animal per frame.
+    """DeepLabCut's TF pose network (PoseResnet, or the multi-stage DLCRNet_ms5) with its weights,
+    for one animal per frame.
 
     ``predict(frames)`` on uint8 RGB frames ``(N, H, W, 3)`` gives ``(N, K, 3)`` x, y (frame
     pixels), likelihood, float64, exactly as DeepLabCut lays them out (NaN where a joint has no
@@ -44,7 +45,7 @@ class DLCRNetEstimator:
                              f'{config.num_joints}-joint model')
         self.snapshot = snapshot
         self.dtype = parallel.compute_dtype(dtype)
-        self.network = PoseResnet(config, dtype=self.dtype)
+        self.network = network(config, self.dtype)
         self.mesh = parallel.check_local(mesh or parallel.local_mesh())
         self.variables = parallel.put_replicated(variables, self.mesh)
         options = dict(nms_radius=nms_radius, sigma=sigma, min_confidence=min_confidence)

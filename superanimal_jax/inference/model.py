@@ -36,10 +36,10 @@ class SuperAnimalModel:
 
     @property
     def keypoint_names(self) -> tuple[str, ...]:
-        """The keypoints of the default network (:meth:`network`)."""
-        if self.network() == 'dlcrnet':
-            return self.dlcrnet.keypoint_names
-        return self.pose.keypoint_names if self.pose else ()
+        """The keypoints of the pose model, else of the DLCRNet."""
+        if self.pose is not None:
+            return self.pose.keypoint_names
+        return self.dlcrnet.keypoint_names if self.dlcrnet is not None else ()
 
     def network(self, choice: str | None = None) -> str:
         """Which pipeline runs: ``choice`` (``'topdown'`` or ``'dlcrnet'``) checked against what the
@@ -118,12 +118,14 @@ def load(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> SuperAnima
 
 
 def _load_dlcrnet(path, section: dict, dtype, mesh) -> DLCRNetEstimator:
-    if section.get('architecture') != 'pose_resnet_50':
-        raise ModelDirError(f"{path}: unknown DLCRNet architecture {section.get('architecture')!r}")
+    architecture = section.get('architecture')
+    if architecture not in ('pose_resnet_50', 'dlcrnet_ms5'):
+        raise ModelDirError(f'{path}: unknown DLCRNet architecture {architecture!r}')
     try:
         config = PoseResnetConfig(num_joints=int(section['num_joints']), locref=bool(section['locref']),
                                   num_limbs=int(section['num_limbs']), stride=int(section['stride']),
-                                  locref_stdev=float(section['locref_stdev']))
+                                  locref_stdev=float(section['locref_stdev']),
+                                  multi_stage=architecture == 'dlcrnet_ms5')
         names, snapshot = section['keypoints'], section['snapshot']
     except (KeyError, TypeError, ValueError) as err:
         raise ModelDirError(f'{path}: the dlcrnet section of metadata.json is incomplete ({err!r})') from None

@@ -29,6 +29,7 @@ class PoseResnetConfig:
     num_limbs: int = 0  # Part-affinity fields (2 channels a limb); 0: none.
     locref_stdev: float = 7.2801
     stride: int = 8
+    multi_stage: bool = False  # The multi-stage DLCRNet_ms5 (models/pose_multinet.py).
 
 
 class TransposedHead(nn.Module):
@@ -125,6 +126,16 @@ def best_peaks(scmap: jax.Array, locref: jax.Array | None, *, nms_radius: int = 
             'found': is_peak.any(axis=(1, 2))}
 
 
+def network(config: PoseResnetConfig, dtype: Dtype = jnp.float32) -> nn.Module:
+    """The Flax network for ``config``: :class:`PoseResnet`, or the multi-stage
+    ``pose_multinet.PoseMultiNet`` when ``config.multi_stage``."""
+    if config.multi_stage:
+        from superanimal_jax.models.pose_multinet import PoseMultiNet
+
+        return PoseMultiNet(config, dtype=dtype)
+    return PoseResnet(config, dtype=dtype)
+
+
 def variables_shape(config: PoseResnetConfig = PoseResnetConfig()):
     """Shape/dtype structs of the network's variables (what a converter fills)."""
-    return jax.eval_shape(PoseResnet(config).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
+    return jax.eval_shape(network(config).init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))

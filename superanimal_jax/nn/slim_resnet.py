@@ -69,10 +69,12 @@ class SlimBottleneck(nn.Module):
 
 class SlimResNetV1(nn.Module):
     """``resnet_v1_50(global_pool=False, output_stride=16, is_training=False)``; returns the
-    taps ``block1`` .. ``block4`` (block 4: stride 16, 2048 channels)."""
+    taps ``block1`` .. ``block4`` (block 4: stride 16, 2048 channels) and the unit outputs named
+    in ``units`` (slim's end points ``block{b}/unit_{u}``)."""
 
     blocks: tuple[tuple[int, int], ...] = RESNET_V1_50
     output_stride: int = 16
+    units: tuple[str, ...] = ()
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -90,5 +92,7 @@ class SlimResNetV1(nn.Module):
                 else:
                     x = SlimBottleneck(depth, stride, 1, dtype=self.dtype, name=name)(x)
                     current *= stride
+                if f'block{b}/unit_{u}' in self.units:
+                    taps[f'block{b}/unit_{u}'] = x
             taps[f'block{b}'] = x
         return taps

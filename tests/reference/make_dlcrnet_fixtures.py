@@ -259,6 +259,7 @@ def main() -> None:
     manifest_out = {
         'made_by': 'tests/reference/make_dlcrnet_fixtures.py', 'seed': SEED, 'channels_every': CHANNELS,
         'calibration_frames': [f'labeled-data/m4s1/{n}' for n in CALIBRATION],
+        'state_sha256': synthetic.tf_state_sha256(synthetic.apply_tf_overrides(state, overrides)),
         'versions': {'tensorflow': tf.__version__, 'numpy': np.__version__},
         'manifest': manifest}
     if not args.no_video:
