@@ -163,3 +163,120 @@ def test_float32_floor(golden):
             our_error = np.abs(ours - exact).max() / scale
             print(f'{name}/{tap}: TF float32 {tf_error:.2e}, ours {our_error:.2e} from float64')
             assert tf_error < 1e-4 and our_error <= 2.5 * tf_error
+
+
+# -- The multi-stage DLCRNet_ms5 (PoseMultiNet) ------------------------------------------------
+MS5_TAPS = ('block1', 'block2', 'block3', 'block4', 'bank_1', 'bank_2', 'part_pred_s1', 'part_pred', 'scmap',
+            'locref', 'pairwise_pred')
+
+
+@pytest.fixture(scope='module')
+def ms5(golden):
+    manifest = json.loads((FIXTURES / 'dlcrnet_ms5_manifest.json').read_text())
+    with np.load(FIXTURES / 'dlcrnet_ms5_golden.npz') as g:
+        return manifest, dict(g)
+
+
+def ms5_state(manifest) -> dict[str, np.ndarray]:
+    """The multi-stage goldens' weights: synthetic, the backbone's calibrated BatchNorm statistics."""
+    with np.load(FIXTURES / 'dlcrnet_overrides.npz') as overrides:
+        state = synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed'])
+        state = synthetic.apply_tf_overrides(state, dict(overrides))
+    assert synthetic.tf_state_sha256(state) == manifest['state_sha256']
+    return state
+
+
+def check_ms5_taps(variables, config, manifest, golden) -> dict[str, float]:
+    from superanimal_jax.models.pose_resnet import network
+
+    errors = {}
+    apply = jax.jit(network(config).apply)
+    for name in ('real', 'random'):
+        out = apply(variables, golden[f'inputs/{name}'])
+        for tap in MS5_TAPS:
+            ours, ref = np.asarray(out[tap], np.float32), golden[f'{name}/{tap}']
+            if ours.shape[-1] > manifest['wide_from']:
+                ours = ours[..., ::manifest['channels_every']]
+            assert ours.shape == ref.shape, (name, tap, ours.shape, ref.shape)
+            scale = 1.0 if tap == 'scmap' else float(golden[f'{name}/maxabs/{tap}'])
+            errors[f'{name}/{tap}'] = float(np.abs(ours - ref).max() / scale)
+        scmap, ref = np.asarray(out['scmap']), golden[f'{name}/scmap']
+        np.testing.assert_array_equal(scmap.reshape(-1, scmap.shape[-1]).argmax(0),
+                                      ref.reshape(-1, ref.shape[-1]).argmax(0), err_msg=name)
+    print(' '.join(f'{k} {v:.1e}' for k, v in errors.items()))
+    assert all(v <= (SCMAP_ATOL if k.endswith('/scmap') else RTOL) for k, v in errors.items()), errors
+    return errors
+
+
+def test_multistage_converts_exactly_once(ms5):
+    """309 TF variables: 299 loaded, the decoder BatchNorm's 10 moving statistics skipped (TF
+    normalises with batch statistics there); the architecture is read from the names."""
+    from superanimal_jax.checkpoints.convert import convert_dlcrnet_state
+
+    manifest, _ = ms5
+    assert len(manifest['manifest']) == 309
+    variables, config, report = convert_dlcrnet_state(ms5_state(manifest))
+    assert config.multi_stage and (config.num_joints, config.num_limbs, config.locref) == (27, 351, True)
+    assert report['loaded'] == 299 and [i['count'] for i in report['ignored']] == [10]
+    assert len(flatten(variables)) == 299
+
+
+def test_multistage_matches_tensorflow(ms5):
+    """Every tap of DeepLabCut's PoseMultiNet (backbone, decoder banks after the legacy resize and
+    batch-statistics BatchNorm, stage-1 and final heads, fields): the same tolerances as PoseResnet;
+    measured at most 2.9e-5 relative, the score map 1.7e-4 absolute."""
+    from superanimal_jax.checkpoints.convert import convert_dlcrnet_state
+
+    manifest, g = ms5
+    variables, config, _ = convert_dlcrnet_state(ms5_state(manifest))
+    check_ms5_taps(variables, config, manifest, g)
+
+
+def test_multistage_float32_floor(ms5):
+    """TF's float32 taps and ours against our float64 forward of the multi-stage network."""
+    from superanimal_jax.checkpoints.convert import convert_dlcrnet_state
+    from superanimal_jax.models.pose_resnet import network
+
+    manifest, g = ms5
+    variables, config, _ = convert_dlcrnet_state(ms5_state(manifest))
+    ratios = []
+    for name in ('real', 'random'):
+        ours32 = jax.jit(network(config).apply)(variables, g[f'inputs/{name}'])
+        with jax.enable_x64(True):
+            as64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
+            x64 = np.asarray(g[f'inputs/{name}'], np.float64)
+            ours64 = jax.jit(network(config, jnp.float64).apply)(as64, x64)
+            ours64 = {k: np.asarray(v) for k, v in ours64.items()}
+        for tap in ('block4', 'bank_1', 'bank_2', 'part_pred_s1', 'part_pred', 'pairwise_pred'):
+            wide = ours64[tap].shape[-1] > manifest['wide_from']
+            keep = slice(None, None, manifest['channels_every'] if wide else 1)
+            exact, ours = ours64[tap][..., keep], np.asarray(ours32[tap])[..., keep]
+            scale = np.abs(exact).max()
+            tf_error = np.abs(g[f'{name}/{tap}'] - exact).max() / scale
+            our_error = np.abs(ours - exact).max() / scale
+            ratios.append(our_error / tf_error)
+            print(f'ms5 {name}/{tap}: TF float32 {tf_error:.2e}, ours {our_error:.2e} from float64')
+            assert tf_error < 1e-4 and our_error <= 2.5 * tf_error
+    print(f'ours / TF: at most {max(ratios):.2f}')
+
+
+def test_multistage_model_directory(tmp_path, ms5):
+    """A multi-stage model directory (``architecture: dlcrnet_ms5``) loads and predicts as the same
+    weights given in memory.  (DeepLabCut's own SuperAnimal TF path cannot run this network: with
+    part-affinity fields forced off its ``part_pred`` is never built.)"""
+    import superanimal_jax
+    from superanimal_jax.checkpoints import model_dir
+    from superanimal_jax.checkpoints.convert import convert_dlcrnet_state, dlcrnet_section
+
+    manifest, g = ms5
+    state = ms5_state(manifest)
+    variables, config, report = convert_dlcrnet_state(state)
+    path = model_dir.write(tmp_path / 'model', {'dlcrnet': variables},
+                           {'dlcrnet': dlcrnet_section(config, 'snapshot-0', source=report)})
+    loaded = superanimal_jax.load(path)
+    assert loaded.metadata['dlcrnet']['architecture'] == 'dlcrnet_ms5' and loaded.dlcrnet.config.multi_stage
+    frames = np.clip(g['inputs/random'], 0, 255).astype(np.uint8)
+    ours = loaded.predict(frames, scales=[100, 120])['keypoints']
+    again = superanimal_jax.from_state_dicts(dlcrnet=state).predict(frames, scales=[100, 120])['keypoints']
+    assert ours.shape == (1, 27, 3) and np.isfinite(ours).any()
+    np.testing.assert_array_equal(ours, again)

@@ -169,8 +169,10 @@ def synthetic_tf_tensor(name: str, shape: tuple[int, ...], seed: int) -> np.ndar
         return rng.uniform(0.2, 0.6, shape).astype(np.float32)  # Keeps 16 residual units in range.
     if leaf in ('beta', 'biases'):
         return (0.05 * rng.standard_normal(shape)).astype(np.float32)
-    # Kernels are HWIO; the heads' transposed kernels [h, w, out, in].
-    fan_in = int(np.prod(shape[:2])) * (shape[3] if '_pred/' in name else shape[2])
+    # Kernels are HWIO; the transposed heads' kernels [h, w, out, in] (PoseResnet's pose/*/block4,
+    # the multi-stage net's pose/**/Conv2d_transpose).
+    transposed = name.startswith('pose/') and ('/block4/' in name or '/Conv2d_transpose/' in name)
+    fan_in = int(np.prod(shape[:2])) * (shape[3] if transposed else shape[2])
     return (np.sqrt(2.0 / fan_in) * rng.standard_normal(shape)).astype(np.float32)
 
 
@@ -185,15 +187,16 @@ def apply_tf_overrides(state: Mapping[str, np.ndarray], overrides: Mapping[str, 
     """``state`` with the calibration of ``tests/reference/make_dlcrnet_fixtures.py`` applied:
     BatchNorm moving statistics by variable name, the part_pred kernel times ``part_pred/gain``
     with its biases set to ``part_pred/bias`` (one a joint), the locref head times
-    ``locref_pred/gain`` (float32)."""
+    ``locref_pred/gain`` (float32).  Override names ``state`` lacks are skipped (the multi-stage
+    network takes the backbone's statistics only)."""
     state = dict(state)
     heads = {'part_pred/gain', 'part_pred/bias', 'locref_pred/gain'}
     for name, value in overrides.items():
-        if name not in heads:
-            if name not in state:
-                raise KeyError(f'override for unknown variable {name!r}')
+        if name not in heads and name in state:
             state[name] = np.asarray(value, np.float32)
     part, locref = 'pose/part_pred/block4', 'pose/locref_pred/block4'
+    if f'{part}/weights' not in state:  # Another network (the multi-stage one): BatchNorm only.
+        return state
     state[f'{part}/weights'] = state[f'{part}/weights'] * np.float32(overrides['part_pred/gain'])
     state[f'{part}/biases'] = np.broadcast_to(
         np.asarray(overrides['part_pred/bias'], np.float32), state[f'{part}/biases'].shape).copy()

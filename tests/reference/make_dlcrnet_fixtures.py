@@ -14,7 +14,7 @@ peaks, some above DeepLabCut's 0.1 cut-off):
 * the part_pred kernel is scaled and each joint's bias chosen, the locref head scaled
   (``synthetic.apply_tf_overrides``; the values go to ``dlcrnet_overrides.npz``).
 
-Writes:
+Writes (and the multi-stage network's taps: ``multistage_goldens``):
 
 * ``dlcrnet_golden.npz``: the taps (block1-4, part_pred logits, sigmoid score map, scaled locref)
   on a real openfield crop and a random input (block taps every 8th channel plus their full
@@ -207,6 +207,55 @@ def video_goldens(checkpoint: Path, out: Path) -> dict:
     return record
 
 
+def multistage_goldens(tf, out: Path, overrides: dict) -> None:
+    """Taps of DeepLabCut's multi-stage ``PoseMultiNet`` (DLCRNet_ms5: ``multi_stage``, resnet_50,
+    stride 8, part-affinity fields for 351 limbs, as a multi-animal DLCRNet is trained), built
+    directly (the factory picks it only below stride 8), synthetic weights with the backbone's
+    calibrated BatchNorm statistics, on the real crop and a 100x140 random input (whose decoder
+    banks need a real resize).  ``dlcrnet_ms5_golden.npz``, ``dlcrnet_ms5_manifest.json``."""
+    from deeplabcut.pose_estimation_tensorflow.nnets.multi import PoseMultiNet
+
+    cfg = network_config()
+    cfg.update(multi_stage=True, partaffinityfield_predict=True, pairwise_predict=False,
+               dataset_type='multi-animal-imgaug', intermediate_supervision=False)
+    graph = tf.Graph()
+    with graph.as_default():
+        image = tf.compat.v1.placeholder(tf.float32, [1, None, None, 3])
+        net = PoseMultiNet(cfg)
+        features, end_points = net.extract_features(image)
+        heads = net.prediction_layers(features, end_points, tf.shape(image))
+        taps = {f'block{b}': end_points[f'resnet_v1_50/block{b}'] for b in range(1, 5)}
+        named = {'bank_1': 'decoder_filters/decoder_parallel_5/Relu:0',
+                 'bank_2': 'decoder_filters/decoder_parallel_2/Relu:0',
+                 'part_pred_s1': 'pose/part_pred_s1/Conv2d_transpose/BiasAdd:0'}
+        taps.update({k: graph.get_tensor_by_name(v) for k, v in named.items()})
+        taps.update(part_pred=heads['part_pred'], scmap=tf.sigmoid(heads['part_pred']),
+                    locref=heads['locref'] * cfg['locref_stdev'], pairwise_pred=heads['pairwise_pred'])
+        variables = tf.compat.v1.global_variables()
+        manifest = [(v.op.name, [int(d) for d in v.shape]) for v in variables]
+        state = synthetic.apply_tf_overrides(synthetic.synthetic_tf_state(manifest, seed=SEED), overrides)
+        rng = np.random.default_rng([SEED, 12])
+        cases = {'real': inputs()['real'], 'random': rng.uniform(0, 255, (1, 100, 140, 3)).astype(np.float32)}
+        golden = {}
+        with tf.compat.v1.Session() as session:
+            for v in variables:
+                v.load(state[v.op.name], session)
+            for name, x in cases.items():
+                golden[f'inputs/{name}'] = x
+                for tap, value in session.run(taps, {image: x}).items():
+                    golden[f'{name}/maxabs/{tap}'] = np.float32(np.abs(value).max())
+                    if value.shape[-1] > 64:  # Wide taps: every 8th channel.
+                        value = value[..., ::CHANNELS]
+                    golden[f'{name}/{tap}'] = value
+    np.savez_compressed(out / 'dlcrnet_ms5_golden.npz', **golden)
+    (out / 'dlcrnet_ms5_manifest.json').write_text(json.dumps({
+        'made_by': 'tests/reference/make_dlcrnet_fixtures.py', 'seed': SEED, 'channels_every': CHANNELS,
+        'wide_from': 64, 'backbone_statistics': 'dlcrnet_overrides.npz',
+        'state_sha256': synthetic.tf_state_sha256(state),
+        'versions': {'tensorflow': tf.__version__, 'numpy': np.__version__}, 'manifest': manifest}) + '\n')
+    print(f'multi-stage: {len(manifest)} variables')
+
+
 def main() -> None:
     # The two shims of ../shared/reference/tensorflow first, in this order.
     # isort: off
@@ -221,9 +270,15 @@ def main() -> None:
     parser.add_argument('--checkpoint', type=Path, help='keep the TF1 checkpoint here')
     parser.add_argument('--tarball', action='store_true', help=f'also pack it as {TARBALL}')
     parser.add_argument('--no-video', action='store_true', help='taps only (no video_inference run)')
+    parser.add_argument('--multi-stage-only', action='store_true',
+                        help='only the multi-stage goldens, from the committed dlcrnet_overrides.npz')
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     tf.compat.v1.disable_eager_execution()
+    if args.multi_stage_only:
+        with np.load(ROOT / 'tests' / 'fixtures' / 'dlcrnet_overrides.npz') as committed:
+            multistage_goldens(tf, args.out, dict(committed))
+        return
     cfg = network_config()
     graph = tf.Graph()
     with graph.as_default():
@@ -272,6 +327,7 @@ def main() -> None:
                                         opencv=metadata.version('opencv-python-headless'))
         manifest_out['keypoints'] = superanimal_test_config()['all_joints_names']
     (args.out / 'dlcrnet_manifest.json').write_text(json.dumps(manifest_out) + '\n')
+    multistage_goldens(tf, args.out, overrides)
     if args.tarball:
         with tarfile.open(checkpoint / TARBALL, 'w:gz') as tar:
             for path in sorted(checkpoint.glob('snapshot-0*')) + [checkpoint / 'checkpoint']:
