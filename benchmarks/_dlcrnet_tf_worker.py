@@ -2,10 +2,12 @@
 
     python _dlcrnet_tf_worker.py VIDEO BATCH_SIZE
 
-Writes the golden DLCRNet weights (``tests/fixtures/dlcrnet_*``) as a TF1 checkpoint, builds
-DeepLabCut's SuperAnimal TF session from it once (``predict.setup_pose_prediction``), prints
-``{"setup_s": ...}``, then for each line of stdin (a JSON scale list) runs
-``superanimal_inference._video_inference`` on VIDEO and prints ``{"run_s": ...}``.
+TensorFlow keeps its defaults (oneDNN on, as in a user's DeepLabCut environment; set
+``TF_ENABLE_ONEDNN_OPTS=0`` to time its Eigen kernels).  Writes the golden DLCRNet weights
+(``tests/fixtures/dlcrnet_*``) as a TF1 checkpoint, builds DeepLabCut's SuperAnimal TF session
+from it once (``predict.setup_pose_prediction``), prints ``{"setup_s": ...}``, then for each line
+of stdin (a JSON scale list) runs ``superanimal_inference._video_inference`` on VIDEO and prints
+``{"run_s": ...}``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests' / 'reference'))
 from _reference import ROOT, synthetic  # noqa: E402

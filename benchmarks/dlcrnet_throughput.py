@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def main() -> None:
                             'load_s': load_s})
                 if worker is not None:
                     row['deeplabcut_session_setup_s'] = worker.setup_s
+                    row['tf_onednn'] = os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default (on)')
                 print(f'{args.frames} frames at 640x480, scales {scales}: {describe(row, "frames")}')
                 rows.append(row)
         finally:
