@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('job', choices=('train', 'infer', 'videos', 'detector'))
+    parser.add_argument('job', choices=('train', 'infer', 'videos', 'detector', 'dlcrnet'))
     parser.add_argument('--devices', type=int, required=True)
     parser.add_argument('--out', type=Path, required=True)
     parser.add_argument('--model', type=Path)
@@ -47,7 +47,8 @@ def main() -> None:
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     sys.path.insert(0, str(HERE))
     args.out.mkdir(parents=True, exist_ok=True)
-    {'train': train_job, 'infer': infer_job, 'videos': videos_job, 'detector': detector_job}[args.job](args)
+    {'train': train_job, 'infer': infer_job, 'videos': videos_job, 'detector': detector_job,
+     'dlcrnet': dlcrnet_job}[args.job](args)
 
 
 def summary(x) -> dict:
@@ -156,6 +157,30 @@ def detector_job(args) -> None:
         arrays.update({f'{name}/{k}': np.asarray(v) for k, v in found.items()})
     np.savez(args.out / 'detector.npz', **arrays)
     (args.out / 'detector.json').write_text(json.dumps(report))
+
+
+def dlcrnet_job(args) -> None:
+    """The DLCRNet (the suite's golden TF weights) on 8 small openfield frames, its batches split
+    over every device and on one."""
+    import jax
+    import numpy as np
+
+    from superanimal_jax import parallel
+    from superanimal_jax.checkpoints import synthetic
+    from superanimal_jax.checkpoints.convert import convert_dlcrnet_state
+    from superanimal_jax.inference.dlcrnet import DLCRNetEstimator
+    from superanimal_jax.io.video import VideoReader
+
+    variables, config, _ = convert_dlcrnet_state(synthetic.tf_fixture_state(HERE / 'fixtures'))
+    (batch,) = VideoReader(HERE / 'fixtures' / 'pipeline' / 'openfield_clip.avi').batches(8)
+    frames = np.ascontiguousarray(batch.frames[:, 100:260, 200:424])  # 160x224 around the mouse.
+    report, arrays = {}, {}
+    for name, mesh in (('all', parallel.local_mesh()), ('one', parallel.data_mesh(jax.local_devices()[:1]))):
+        model = DLCRNetEstimator(config, variables, mesh=mesh)
+        report[name] = {k: summary(v) for k, v in model.peaks(frames).items()}
+        arrays[name] = model.predict(frames, scales=[160], batch_size=8)
+    np.savez(args.out / 'dlcrnet.npz', **arrays)
+    (args.out / 'dlcrnet.json').write_text(json.dumps(report))
 
 
 def infer_job(args) -> None:

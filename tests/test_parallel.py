@@ -159,6 +159,23 @@ def test_detector_on_8_devices_matches_1_device(tmp_path):
             np.testing.assert_array_equal(found[f'all/{name}'], found[f'one/{name}'], err_msg=name)
 
 
+def test_dlcrnet_on_8_devices_matches_1_device(tmp_path):
+    """The DLCRNet's batches split over 8 devices, like the other networks: peaks sharded one frame
+    a device, keypoints as on one device (per-device batches of 1 and 8 pick other conv kernels:
+    positions within 0.01 px, likelihoods within 0.001, the same joints found)."""
+    worker('dlcrnet', '--devices', '8', '--out', str(tmp_path))
+    report = json.loads((tmp_path / 'dlcrnet.json').read_text())
+    assert report['all']['row'] == {'spec': "P('data',)", 'devices': 8, 'shard_shapes': [[1, 27]],
+                                    'dtype': 'int32'}
+    assert report['one']['row']['devices'] == 1
+    with np.load(tmp_path / 'dlcrnet.npz') as found:
+        every, one = found['all'], found['one']
+    assert np.isfinite(one[..., 0]).sum() > 10  # Small crops: a handful of joints found (16).
+    np.testing.assert_array_equal(np.isnan(every), np.isnan(one))
+    np.testing.assert_allclose(every[..., :2], one[..., :2], atol=0.01)
+    np.testing.assert_allclose(every[..., 2], one[..., 2], atol=0.0011)
+
+
 def test_training_on_8_devices_matches_1_device(eight_devices):
     report = json.loads((eight_devices / 'report-0.json').read_text())
     assert report['device_count'] == 8 and report['process_count'] == 1
