@@ -108,15 +108,19 @@ def test_analyze_matches_video_inference_at_default_scales(tmp_path, model, mani
 
 def test_cli_analyze_at_one_scale(tmp_path, model_path, manifest):
     """``superanimal-jax analyze VIDEO --model DIR --scales H`` picks the DLCRNet (the directory's
-    only network) and writes DeepLabCut's single-scale result."""
+    only network) and writes DeepLabCut's single-scale result (and the csv, labeled video and
+    trajectory plot when asked)."""
     run = manifest['clip']['runs']['scale1']
     subprocess.run([sys.executable, '-m', 'superanimal_jax.cli', 'analyze', str(CLIP), '--model',
-                    str(model_path), '--out', str(tmp_path), '--scales', *map(str, run['scales']), '--csv'],
-                   check=True)
+                    str(model_path), '--out', str(tmp_path), '--scales', *map(str, run['scales']), '--csv',
+                    '--labeled-video', '--plot-trajectories'], check=True)
     ours = pd.read_hdf(tmp_path / run['h5'], 'df_with_missing')
     compare(ours, pd.read_hdf(FIXTURES / 'dlcrnet_clip' / 'scale1.h5', 'df_with_missing'), 'scale1 (CLI)')
     csv = pd.read_csv(tmp_path / run['h5'].replace('.h5', '.csv'), header=[0, 1, 2], index_col=0)
     np.testing.assert_array_equal(csv.to_numpy(), ours.to_numpy())
+    stem = run['h5'][:-len('.h5')]
+    assert (tmp_path / f'{stem}_trajectories.png').stat().st_size > 0
+    assert VideoReader(tmp_path / f'{stem}_labeled.mp4').header_frames == 8
 
 
 def test_predict_in_memory_with_padded_batches(model, manifest):

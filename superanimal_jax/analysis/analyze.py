@@ -56,7 +56,6 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     pipeline = model.pipeline(max_individuals)
     bodyparts = model.keypoint_names
     stem = reader.path.stem
-    done = 0
     with contextlib.ExitStack() as stack:
         # Exits in reverse order: the labeled video is committed (or discarded) before the results.
         writer = stack.enter_context(ResultWriter(out_dir, stem, bodyparts, max_individuals, scorer=scorer,
@@ -68,32 +67,49 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
             labeled = stack.enter_context(LabeledVideoWriter(
                 out_dir / f'{stem}_{scorer}_labeled_before_adapt.mp4', reader.fps,
                 (reader.width, reader.height), pcutoff=pcutoff, bbox_threshold=bbox_threshold))
-        in_flight = collections.deque()
 
-        def batches():
-            for batch in reader.batches(batch_size):
-                in_flight.append(batch)
-                yield batch.frames, batch.count
+        def write(batch, predictions) -> None:
+            writer.write(predictions)
+            for i in range(batch.count if labeled is not None else 0):
+                labeled.write(batch.frames[i], predictions['keypoints'][i], predictions['boxes'][i],
+                              predictions['box_scores'][i])
 
-        with tqdm(total=len(reader) or None, unit='frame', desc=stem, disable=not progress,
-                  smoothing=0.1) as bar:
-            for predictions in pipeline.stream(batches()):
-                batch = in_flight.popleft()
-                writer.write(predictions)
-                if labeled is not None:
-                    for i in range(batch.count):
-                        labeled.write(batch.frames[i], predictions['keypoints'][i], predictions['boxes'][i],
-                                      predictions['box_scores'][i])
-                done += batch.count
-                bar.update(batch.count)
-        if reader.truncated_at is not None:
-            writer.write_missing(len(reader) - done)
+        _stream(reader, batch_size, pipeline.stream, write, writer, progress)
+    trajectories = out_dir / f'{stem}_{scorer}_trajectories.png' if plot_trajectories else None
+    return _paths(writer, labeled, trajectories, max_individuals, bodyparts, pcutoff)
+
+
+def _stream(reader: VideoReader, batch_size: int, run, write, writer: ResultWriter, progress: bool) -> None:
+    """Decode ``reader`` in batches, ``run`` them (an iterator of ``(frames, count)`` in, one result
+    per batch out, in order), ``write(batch, result)``; NaN rows for frames a truncated video did
+    not deliver."""
+    in_flight = collections.deque()
+
+    def batches():
+        for batch in reader.batches(batch_size):
+            in_flight.append(batch)
+            yield batch.frames, batch.count
+
+    done = 0
+    with tqdm(total=len(reader) or None, unit='frame', desc=reader.path.stem, disable=not progress,
+              smoothing=0.1) as bar:
+        for result in run(batches()):
+            batch = in_flight.popleft()
+            write(batch, result)
+            done += batch.count
+            bar.update(batch.count)
+    if reader.truncated_at is not None:
+        writer.write_missing(len(reader) - done)
+
+
+def _paths(writer: ResultWriter, labeled, trajectories: Path | None, max_individuals: int, bodyparts,
+           pcutoff: float) -> dict[str, Path]:
+    """The files written (and the trajectory plot drawn from the h5 when asked)."""
     paths = dict(writer.paths)
     if labeled is not None:
         paths['labeled_video'] = labeled.path
-    if plot_trajectories:
-        paths['trajectories'] = _plot(paths['h5'], out_dir / f'{stem}_{scorer}_trajectories.png',
-                                      max_individuals, bodyparts, pcutoff)
+    if trajectories is not None:
+        paths['trajectories'] = _plot(paths['h5'], trajectories, max_individuals, bodyparts, pcutoff)
     return paths
 
 
@@ -121,33 +137,16 @@ def _analyze_video_dlcrnet(reader: VideoReader, dlcrnet, out_dir: Path, *, batch
             labeled = stack.enter_context(LabeledVideoWriter(
                 out_dir / f'{stem}{scorer}_labeled.mp4', reader.fps, (reader.width, reader.height),
                 pcutoff=pcutoff))
-        in_flight = collections.deque()
 
-        def batches():
-            for batch in reader.batches(batch_size):
-                in_flight.append(batch)
-                yield batch.frames, batch.count
+        def write(batch, keypoints) -> None:
+            writer.write({'keypoints': keypoints})
+            for i in range(batch.count if labeled is not None else 0):
+                labeled.write(batch.frames[i], np.nan_to_num(keypoints[i][None], nan=-1.0))
 
-        done = 0
-        with tqdm(total=len(reader) or None, unit='frame', desc=stem, disable=not progress,
-                  smoothing=0.1) as bar:
-            for keypoints in dlcrnet.stream(batches(), scales=scales):
-                batch = in_flight.popleft()
-                writer.write({'keypoints': keypoints})
-                if labeled is not None:
-                    for i in range(batch.count):
-                        labeled.write(batch.frames[i], np.nan_to_num(keypoints[i][None], nan=-1.0))
-                done += batch.count
-                bar.update(batch.count)
-        if reader.truncated_at is not None:
-            writer.write_missing(len(reader) - done)
-    paths = dict(writer.paths)
-    if labeled is not None:
-        paths['labeled_video'] = labeled.path
-    if plot_trajectories:
-        paths['trajectories'] = _plot(paths['h5'], out_dir / f'{stem}{scorer}_trajectories.png', 1,
-                                      bodyparts, pcutoff)
-    return paths
+        _stream(reader, batch_size, lambda batches: dlcrnet.stream(batches, scales=scales), write, writer,
+                progress)
+    trajectories = out_dir / f'{stem}{scorer}_trajectories.png' if plot_trajectories else None
+    return _paths(writer, labeled, trajectories, 1, bodyparts, pcutoff)
 
 
 def analyze_videos(videos: Sequence[str | os.PathLike], model, out_dir: str | os.PathLike | None = None,
