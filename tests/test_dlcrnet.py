@@ -108,8 +108,9 @@ def test_unknown_and_missing_variables_are_named(golden):
 def test_live_tensorflow(tmp_path, golden):
     """TF builds DeepLabCut's network afresh, calibrates it, writes the weights as a checkpoint and
     as the release's ``.tar.gz`` (our reader loads both, equal to the regenerated weights) and runs
-    it: every tap within the same tolerance.  Then ``convert --dlcrnet`` on the archive and
-    ``analyze`` on the clip, against the h5 DeepLabCut's ``video_inference`` wrote in this run."""
+    it: every tap within the same tolerance, and the multi-stage network's.  Then ``convert
+    --dlcrnet`` on the archive and ``analyze`` on the clip, against the h5 DeepLabCut's
+    ``video_inference`` wrote in this run."""
     import subprocess
     import sys
 
@@ -128,6 +129,14 @@ def test_live_tensorflow(tmp_path, golden):
         assert state.keys() == regenerated.keys()
         assert all(np.array_equal(state[k], regenerated[k]) for k in state), source
     check_taps(convert(state)[0], manifest, live)
+    from superanimal_jax.checkpoints.convert import convert_dlcrnet_state
+
+    ms5_manifest = json.loads((tmp_path / 'dlcrnet_ms5_manifest.json').read_text())
+    committed = json.loads((FIXTURES / 'dlcrnet_ms5_manifest.json').read_text())
+    assert ms5_manifest['manifest'] == committed['manifest']
+    with np.load(tmp_path / 'dlcrnet_ms5_golden.npz') as g:
+        variables, config, _ = convert_dlcrnet_state(ms5_state(ms5_manifest, tmp_path))
+        check_taps(variables, ms5_manifest, dict(g), config, MS5_TAPS)
     model = tmp_path / 'model'
     cli = [sys.executable, '-m', 'superanimal_jax.cli']
     subprocess.run([*cli, 'convert', '--dlcrnet', str(tarball), '--out', str(model)], check=True)
@@ -177,9 +186,9 @@ def ms5(golden):
         return manifest, dict(g)
 
 
-def ms5_state(manifest) -> dict[str, np.ndarray]:
+def ms5_state(manifest, folder=FIXTURES) -> dict[str, np.ndarray]:
     """The multi-stage goldens' weights: synthetic, the backbone's calibrated BatchNorm statistics."""
-    with np.load(FIXTURES / 'dlcrnet_overrides.npz') as overrides:
+    with np.load(folder / 'dlcrnet_overrides.npz') as overrides:
         state = synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed'])
         state = synthetic.apply_tf_overrides(state, dict(overrides))
     assert synthetic.tf_state_sha256(state) == manifest['state_sha256']
