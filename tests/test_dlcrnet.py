@@ -137,13 +137,20 @@ def test_live_tensorflow(tmp_path, golden):
     with np.load(tmp_path / 'dlcrnet_ms5_golden.npz') as g:
         variables, config, _ = convert_dlcrnet_state(ms5_state(ms5_manifest, tmp_path))
         check_taps(variables, ms5_manifest, dict(g), config, MS5_TAPS)
+    # The release's three files into one model directory; analyze picks the DLCRNet when asked.
     model = tmp_path / 'model'
+    files = tmp_path / 'released'
+    pose = synthetic.write_pose_checkpoints(synthetic.fixture_state(FIXTURES, 'pose'), files)['dlc3']
+    detector_state = synthetic.fixture_state(FIXTURES, 'detector')
+    detector = synthetic.write_detector_checkpoints(detector_state, files)['dlc3']
     cli = [sys.executable, '-m', 'superanimal_jax.cli']
-    subprocess.run([*cli, 'convert', '--dlcrnet', str(tarball), '--out', str(model)], check=True)
+    subprocess.run([*cli, 'convert', '--pose', str(pose), '--detector', str(detector), '--dlcrnet',
+                    str(tarball), '--out', str(model)], check=True)
+    assert {'pose', 'detector', 'dlcrnet'} <= set(json.loads((model / 'metadata.json').read_text()))
     for name, run in manifest['clip']['runs'].items():
         out = tmp_path / name
-        subprocess.run([*cli, 'analyze', str(CLIP), '--model', str(model), '--out', str(out),
-                        '--scales', *map(str, run['scales'])], check=True)
+        subprocess.run([*cli, 'analyze', str(CLIP), '--model', str(model), '--out', str(out), '--network',
+                        'dlcrnet', '--scales', *map(str, run['scales'])], check=True)
         compare(pd.read_hdf(out / run['h5'], 'df_with_missing'),
                 pd.read_hdf(tmp_path / 'dlcrnet_clip' / f'{name}.h5', 'df_with_missing'), f'live {name}')
 
