@@ -197,3 +197,23 @@ def test_network_choice(model, tmp_path):
         model.network('hrnet')
     with pytest.raises(ValueError, match='positive integers'):
         model.predict(np.zeros((1, 64, 64, 3), np.uint8), scales=[0])
+
+
+@pytest.mark.reference
+def test_h5_opens_in_deeplabcuts_environment(tmp_path, model):
+    """Our DLCRNet h5, read by DeepLabCut's own environment (pandas 2): the same values, row names
+    and columns as read here; DeepLabCut's ``create_video`` draws it."""
+    from conftest import run_reference_script
+
+    paths = analyze_video(CLIP, model, tmp_path / 'ours', scales=[480], progress=False)
+    run_reference_script('read_h5_in_deeplabcut.py', tmp_path / 'ref', '--h5', str(paths['h5']),
+                         '--video', str(CLIP), '--labeled', str(paths['h5']))
+    report = json.loads((tmp_path / 'ref' / 'read.json').read_text())
+    assert report['versions']['pandas'].startswith('2.') and report['labeled_video']['frames'] == 8
+    ours = pd.read_hdf(paths['h5'], 'df_with_missing')
+    with np.load(tmp_path / 'ref' / f"{paths['h5'].stem}.npz") as theirs:
+        np.testing.assert_array_equal(theirs['values'], ours.to_numpy())
+        assert theirs['values'].dtype == np.float64
+        assert theirs['index'].tolist() == list(ours.index)
+        assert json.loads(str(theirs['columns'])) == [list(c) for c in ours.columns]
+        assert json.loads(str(theirs['names'])) == list(ours.columns.names)
