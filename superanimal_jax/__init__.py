@@ -23,6 +23,7 @@ from superanimal_jax.errors import (
                                     VideoError,
 )
 from superanimal_jax.inference.detector import Detector
+from superanimal_jax.inference.dlcrnet import DLCRNetEstimator
 from superanimal_jax.inference.model import SuperAnimalModel, from_state_dicts, load
 from superanimal_jax.inference.pose import PoseEstimator
 from superanimal_jax.models.pose import decode_heatmaps
@@ -35,8 +36,9 @@ from superanimal_jax.transforms.normalize import normalize_crops
 from superanimal_jax.version import __version__
 
 __all__ = [
-    'CheckpointError', 'ConversionError', 'Detector', 'HubError', 'ModelDirError', 'NonFiniteLossError',
-    'PoseEstimator', 'ProjectError', 'SuperAnimalError', 'SuperAnimalModel', 'TOPVIEWMOUSE_KEYPOINTS',
+    'CheckpointError', 'ConversionError', 'DLCRNetEstimator', 'Detector', 'HubError', 'ModelDirError',
+    'NonFiniteLossError', 'PoseEstimator', 'ProjectError', 'SuperAnimalError', 'SuperAnimalModel',
+    'TOPVIEWMOUSE_KEYPOINTS',
     'TrainAugmentation', 'TrainConfig', 'TruncatedVideoWarning', 'UnsafeCheckpointError', 'VideoError',
     '__version__', 'analyze_images', 'analyze_video', 'analyze_videos', 'convert', 'decode_heatmaps',
     'evaluate', 'fine_tune', 'from_state_dicts', 'hub', 'load', 'normalize_crops', 'parallel',
