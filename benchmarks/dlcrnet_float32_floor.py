@@ -77,7 +77,7 @@ def distances(variables, golden, every: int, conv=None) -> dict[str, tuple[float
 
 def main() -> None:
     manifest, golden = load()
-    variables, _ = convert(golden_state(manifest))
+    variables, _ = convert(golden_state())
     shipped = distances(variables, golden, manifest['channels_every'])
     patches = distances(variables, golden, manifest['channels_every'], conv=PatchConv)
     print(f"{'tap':18} {'TF f32':>9} {'ours':>9} {'ratio':>6} {'patches':>9} {'ratio':>6}")

@@ -81,6 +81,15 @@ def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])
 
 
+def fixed_batches(x: np.ndarray, batch_size: int):
+    """``(batch, count)`` for consecutive ``batch_size``-row slices of ``x``, the last one padded
+    with zero rows (one compiled shape for any length); ``count`` is the number of real rows."""
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    for start in range(0, len(x), batch_size):
+        yield pad_batch(x[start:start + batch_size], batch_size), min(batch_size, len(x) - start)
+
+
 def put_batch(x, mesh: Mesh) -> jax.Array:
     """A batch (rows a multiple of the device count) split across the mesh of this process."""
     if np.shape(x)[0] % mesh.size:

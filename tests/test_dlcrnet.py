@@ -23,7 +23,7 @@ from superanimal_jax.checkpoints.rules import convert_state_dict, flatten
 from superanimal_jax.checkpoints.tables import pose_resnet_rules
 from superanimal_jax.checkpoints.tf_checkpoint import read_tf_checkpoint
 from superanimal_jax.errors import ConversionError
-from superanimal_jax.models.pose_resnet import PoseResnet
+from superanimal_jax.models.pose_resnet import PoseResnet, variables_shape
 
 from conftest import FIXTURES, run_reference_script
 
@@ -39,7 +39,7 @@ def load(folder=FIXTURES):
         return manifest, dict(g)
 
 
-def golden_state(manifest, folder=FIXTURES) -> dict[str, np.ndarray]:
+def golden_state(folder=FIXTURES) -> dict[str, np.ndarray]:
     """The TF variables the goldens were made with: synthetic, then calibrated (overrides)."""
     return synthetic.tf_fixture_state(folder)
 
@@ -50,8 +50,7 @@ def golden():
 
 
 def convert(state):
-    shapes = jax.eval_shape(PoseResnet().init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32))
-    return convert_state_dict(state, pose_resnet_rules(), shapes, source='dlcrnet')
+    return convert_state_dict(state, pose_resnet_rules(), variables_shape(), source='dlcrnet')
 
 
 def check_taps(variables, manifest, golden, config=None, taps=TAPS) -> dict[str, float]:
@@ -81,7 +80,7 @@ def check_taps(variables, manifest, golden, config=None, taps=TAPS) -> dict[str,
 def test_every_variable_converts_exactly_once(golden):
     manifest, _ = golden
     assert len(manifest['manifest']) == 269  # PoseResnet-50 with part_pred and locref_pred heads.
-    variables, report = convert(golden_state(manifest))
+    variables, report = convert(golden_state())
     assert report.summary()['loaded'] == 269 and len(flatten(variables)) == 269
     kernel = variables['params']['resnet_v1_50']['block4_unit_3']['conv2']['conv']['kernel']
     assert kernel.shape == (3, 3, 512, 512)  # TF's HWIO, as it is.
@@ -89,13 +88,12 @@ def test_every_variable_converts_exactly_once(golden):
 
 def test_matches_tensorflow(golden):
     manifest, g = golden
-    variables, _ = convert(golden_state(manifest))
+    variables, _ = convert(golden_state())
     check_taps(variables, manifest, g)
 
 
-def test_unknown_and_missing_variables_are_named(golden):
-    manifest, _ = golden
-    state = golden_state(manifest)
+def test_unknown_and_missing_variables_are_named():
+    state = golden_state()
     del state['pose/locref_pred/block4/biases']
     state['decoder_filters/decoder_parallel_1/weights'] = np.zeros((1, 1, 2, 2), np.float32)
     with pytest.raises(ConversionError) as err:
@@ -122,7 +120,7 @@ def test_live_tensorflow(tmp_path, golden):
                          python='.ref-tf')
     manifest, live = load(tmp_path)
     assert manifest['manifest'] == golden[0]['manifest']
-    regenerated = golden_state(manifest, tmp_path)
+    regenerated = golden_state(tmp_path)
     tarball = checkpoint / 'DLC_ma_supertopview5k_resnet_50_iteration-0_shuffle-1.tar.gz'
     for source in (checkpoint / 'snapshot-0', tarball):
         state, _ = read_tf_checkpoint(source)
@@ -162,7 +160,7 @@ def test_float32_floor(golden):
     crop TF 1.4e-6 .. 6.7e-5 and ours 1.3e-6 .. 6.6e-5 (block1 .. block4: the same, ours at most
     1.05x TF's); on the random input TF 1.1e-6 .. 4.1e-6, ours 1.1e-6 .. 8.9e-6 (part_pred: 2.2x)."""
     manifest, g = golden
-    variables, _ = convert(golden_state(manifest))
+    variables, _ = convert(golden_state())
     every = manifest['channels_every']
     for name in ('real', 'random'):
         ours32 = jax.jit(PoseResnet().apply)(variables, g[f'inputs/{name}'])  # Jitted, as it runs.
@@ -194,12 +192,10 @@ def ms5(golden):
 
 
 def ms5_state(manifest, folder=FIXTURES) -> dict[str, np.ndarray]:
-    """The multi-stage goldens' weights: synthetic, the backbone's calibrated BatchNorm statistics."""
-    with np.load(folder / 'dlcrnet_overrides.npz') as overrides:
-        state = synthetic.synthetic_tf_state(manifest['manifest'], seed=manifest['seed'])
-        state = synthetic.apply_tf_overrides(state, dict(overrides))
-    assert synthetic.tf_state_sha256(state) == manifest['state_sha256']
-    return state
+    """The multi-stage goldens' weights: synthetic, the backbone's calibrated BatchNorm statistics,
+    checked against the sha256 ``manifest`` records."""
+    assert 'state_sha256' in manifest
+    return synthetic.tf_fixture_state(folder, 'dlcrnet_ms5')
 
 
 def test_multistage_converts_exactly_once(ms5):

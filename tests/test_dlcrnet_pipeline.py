@@ -45,9 +45,9 @@ def manifest():
 
 
 @pytest.fixture(scope='module')
-def model_path(tmp_path_factory, manifest):
+def model_path(tmp_path_factory):
     """A model directory holding the DLCRNet alone, written as ``convert --dlcrnet`` writes it."""
-    variables, config, report = convert_dlcrnet_state(golden_state(manifest))
+    variables, config, report = convert_dlcrnet_state(golden_state())
     section = dlcrnet_section(config, 'snapshot-0', source={'file': 'regenerated', **report})
     path = tmp_path_factory.mktemp('dlcrnet') / 'model'
     return model_dir.write(path, {'dlcrnet': variables}, {'dlcrnet': section})
@@ -169,8 +169,8 @@ def test_merge_rules():
     assert np.isnan(out).all()
 
 
-def test_network_is_read_from_the_names(manifest):
-    state = golden_state(manifest)
+def test_network_is_read_from_the_names():
+    state = golden_state()
     config = dlcrnet_config(state)
     assert (config.num_joints, config.locref, config.num_limbs) == (27, True, 0)
     with pytest.raises(ConversionError, match='DLCRNet_ms5'):

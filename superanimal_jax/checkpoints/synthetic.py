@@ -205,20 +205,22 @@ def apply_tf_overrides(state: Mapping[str, np.ndarray], overrides: Mapping[str, 
     return state
 
 
-def tf_fixture_state(fixtures: str | Path) -> dict[str, np.ndarray]:
-    """The test suite's DLCRNet TF variables, regenerated from the committed fixtures
-    (``dlcrnet_manifest.json``: names, shapes, seed; ``dlcrnet_overrides.npz``: the calibration),
-    checked bit for bit against the manifest's sha256 when it records one."""
+def tf_fixture_state(fixtures: str | Path, network: str = 'dlcrnet') -> dict[str, np.ndarray]:
+    """The test suite's TF variables of ``network`` (``'dlcrnet'``: PoseResnet; ``'dlcrnet_ms5'``:
+    the multi-stage net), regenerated from the committed fixtures (``<network>_manifest.json``:
+    names, shapes, seed; ``dlcrnet_overrides.npz``: the calibration, of which the multi-stage net
+    takes the backbone's statistics), checked bit for bit against the manifest's sha256 when it
+    records one."""
     import json
 
     fixtures = Path(fixtures)
-    manifest = json.loads((fixtures / 'dlcrnet_manifest.json').read_text())
+    manifest = json.loads((fixtures / f'{network}_manifest.json').read_text())
     with np.load(fixtures / 'dlcrnet_overrides.npz') as overrides:
         state = apply_tf_overrides(synthetic_tf_state(manifest['manifest'], seed=manifest['seed']),
                                    dict(overrides))
     digest = tf_state_sha256(state)
     if manifest.get('state_sha256', digest) != digest:
-        raise ValueError(f'synthetic DLCRNet weights no longer regenerate exactly (sha256 {digest})')
+        raise ValueError(f'synthetic {network} weights no longer regenerate exactly (sha256 {digest})')
     return state
 
 

@@ -86,9 +86,7 @@ class DLCRNetEstimator:
         frames = check_frames(frames)
         if batch_size < 1:
             raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-        batches = ((parallel.pad_batch(frames[i:i + batch_size], batch_size),
-                    min(batch_size, len(frames) - i)) for i in range(0, len(frames), batch_size))
-        parts = list(self.stream(batches, scales=scales))
+        parts = list(self.stream(parallel.fixed_batches(frames, batch_size), scales=scales))
         if not parts:
             return np.zeros((0, self.config.num_joints, 3))
         return np.concatenate(parts)
@@ -97,11 +95,11 @@ class DLCRNetEstimator:
                ) -> Iterator[np.ndarray]:
         """For each ``(frames, count)`` batch (rows past ``count`` padding), the keypoints of its
         first ``count`` frames.  Batch i+1 is resized and dispatched before batch i is decoded."""
+        checked = scales_lib.check_scales(scales) if scales is not None else None
         pending = None
         for frames, count in batches:
             frames = check_frames(frames)
-            used = scales_lib.check_scales(scales) if scales is not None else \
-                scales_lib.default_scales(frames.shape[1])
+            used = checked or scales_lib.default_scales(frames.shape[1])
             found = [self.peaks(scales_lib.resize_to_height(frames, s)) for s in used]  # Async.
             if pending is not None:
                 yield self._finish(*pending)

@@ -48,12 +48,7 @@ class TopDownPipeline:
         frames = check_frames(frames)
         if batch_size < 1:
             raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-        batches = []
-        for start in range(0, len(frames), batch_size):
-            chunk = frames[start:start + batch_size]
-            chunk = parallel.pad_batch(chunk, batch_size)  # The last batch, padded: one compiled shape.
-            batches.append((chunk, min(batch_size, len(frames) - start)))
-        parts = list(self.stream(batches))
+        parts = list(self.stream(parallel.fixed_batches(frames, batch_size)))
         if not parts:
             return self._empty(0)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
