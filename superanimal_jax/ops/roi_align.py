@@ -30,6 +30,12 @@ LEVEL_EPS = 1e-6
 _rounded = functools.partial(rounded, nan=0.0)
 
 
+def _floating(x):
+    """``x`` as float32, or float64 if it is (float64 runs are the parity checks' exact reference)."""
+    x = jnp.asarray(x)
+    return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # Level assignment
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +140,7 @@ def _samples(start, bin_size, size, pooled: int, sampling_ratio: int):
     base = start[:, None] + _rounded(bins * bin_size[:, None])                      # (R, P)
     offset = _rounded(divide(_rounded(sub * bin_size[:, None]), sampling_ratio))   # (R, n)
     coord = (base[:, :, None] + offset[:, None, :]).reshape(start.shape[0], -1)     # (R, P*n)
-    extent = size.astype(jnp.float32)[:, None]
+    extent = size.astype(coord.dtype)[:, None]
     inside = (coord >= -1) & (coord <= extent)
     coord = jnp.where(inside, jnp.clip(coord, 0, extent), 0)
     low = coord.astype(jnp.int32)
@@ -142,8 +148,8 @@ def _samples(start, bin_size, size, pooled: int, sampling_ratio: int):
     edge = low >= last
     low = jnp.where(edge, last, low)
     high = jnp.where(edge, last, low + 1)
-    coord = jnp.where(edge, low.astype(jnp.float32), coord)
-    frac = coord - low.astype(jnp.float32)
+    coord = jnp.where(edge, low.astype(coord.dtype), coord)
+    frac = coord - low.astype(coord.dtype)
     return low, high, 1 - frac, frac, inside
 
 
@@ -157,8 +163,9 @@ def _roi_align_table(table, rois, scale, height, width, offset, output_size, sam
         raise ValueError('sampling_ratio must be positive: the adaptive grid is data-dependent')
     pooled_h, pooled_w = _pair(output_size)
     n = sampling_ratio
-    rois = jnp.asarray(rois, jnp.float32)
+    rois = _floating(rois)
     rois = jnp.where(jnp.isfinite(rois), rois, 0)  # Padding rows stay finite.
+    scale = scale.astype(rois.dtype)
     x1, y1, x2, y2 = (rois[:, k] for k in range(4))
     start_x, start_y = _rounded(x1 * scale), _rounded(y1 * scale)
     roi_w = jnp.maximum(_rounded(x2 * scale) - start_x, 1)
@@ -198,7 +205,7 @@ def roi_align(features, rois, spatial_scale: float, output_size=7, sampling_rati
     feature size / image size (rounded to float32, as the C++ op does) -> ``(R, Ph, Pw, C)``.
     ``sampling_ratio`` must be positive (2 in Faster R-CNN).
     """
-    features = jnp.asarray(features, jnp.float32)
+    features = _floating(features)
     h, w, c = features.shape
     num = jnp.shape(rois)[0]
     per_roi = lambda v, dtype: jnp.full((num,), v, dtype)  # noqa: E731
@@ -220,7 +227,7 @@ def multiscale_roi_align(features: Sequence, rois, scales: Sequence[float] = FPN
     """
     if len(features) != len(scales):
         raise ValueError(f'{len(features)} feature maps but {len(scales)} scales')
-    features = [jnp.asarray(f, jnp.float32) for f in features]
+    features = [_floating(f) for f in features]
     k_min, k_max = level_range(scales)
     if k_max - k_min + 1 != len(features):
         raise ValueError(f'scales {tuple(scales)} do not span {len(features)} consecutive levels')

@@ -1,0 +1,297 @@
+"""Detector training steps against DeepLabCut 3.0.2's own (goldens from
+``tests/reference/make_detector_train_fixtures.py``).
+
+The reference ran DeepLabCut's Faster R-CNN in training mode (frozen BatchNorm statistics) on
+three openfield frames with their labelled boxes (one, two and none), recording every step's
+anchor labels and targets, both samplers' choices, the proposals, the RoI labels and targets and
+the four losses, then three AdamW steps.  Here the same batch goes through our training path
+with the reference's sampled choices (and, for the RoI stage, its proposals) injected, so that
+everything downstream of the random draws is compared exactly; our own proposals are compared
+with the reference's as sets.
+
+Float32 backpropagation through a ResNet-50-FPN rounds differently in every implementation, so
+float32 gradients and parameters are held to "no further from DeepLabCut's float64 result than
+DeepLabCut's own float32 run is"; float64 (``-m slow``) agrees to rounding.
+"""
+
+import hashlib
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from superanimal_jax.checkpoints.rules import conv_kernel, flatten, linear_kernel
+from superanimal_jax.checkpoints.tables import detector_rules
+from superanimal_jax.models.detector import DetectorNetwork
+from superanimal_jax.models.detector_training import LOSSES, ROI_SAMPLES, detector_losses, training_inputs
+from superanimal_jax.ops import anchors as anchors_lib
+from superanimal_jax.training.config import TrainConfig
+from superanimal_jax.training.data import bbox_from_keypoints
+from superanimal_jax.training.detector_step import make_detector_train_step
+from superanimal_jax.training.optim import make_optimizer
+from superanimal_jax.training.project import read_project
+from superanimal_jax.training.step import init_state
+from superanimal_jax.transforms.normalize import normalize_crops
+
+from conftest import FIXTURES, OPENFIELD_PROJECT
+
+GOLDENS = ('detector_train_manifest.json',)
+FRAMES = ('img0003.png', 'img0010.png', 'img0020.png')
+
+
+@pytest.fixture(scope='module')
+def golden():
+    with (np.load(FIXTURES / 'detector_train_golden.npz') as g,
+          np.load(FIXTURES / 'detector_train_golden_float64.npz') as g64):
+        return dict(g), dict(g64), json.loads((FIXTURES / 'detector_train_manifest.json').read_text())
+
+
+@pytest.fixture(scope='module')
+def batch(golden):
+    """The reference's batch, made here: normalised frames and xyxy boxes with validity."""
+    from superanimal_jax.io.images import read_image
+
+    g, _, manifest = golden
+    project = read_project(OPENFIELD_PROJECT)
+    images = np.stack([np.asarray(normalize_crops(read_image(OPENFIELD_PROJECT / 'labeled-data' / 'm4s1' / f)))
+                       for f in FRAMES]).astype(np.float32)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == str(g['images_sha256'])
+    xywh = g['boxes_xywh'].astype(np.float32)  # As DeepLabCut's float32 tensors: x + w in float32.
+    valid = (xywh[..., 2] > 0) & (xywh[..., 3] > 0)  # DeepLabCut's get_target drops empty boxes.
+    xyxy = np.concatenate([xywh[..., :2], xywh[..., :2] + xywh[..., 2:]], axis=-1)
+    return {'image': images, 'boxes': np.where(valid[..., None], xyxy, 0).astype(np.float32),
+            'box_valid': valid, 'project': project, 'manifest': manifest}
+
+
+def test_boxes_from_keypoints_as_deeplabcut(batch, golden):
+    g, _, manifest = golden
+    project = batch['project']
+    for (i, j), name in (((0, 0), 'img0003.png'), ((1, 0), 'img0010.png'), ((1, 1), 'img0020.png')):
+        frame = project.images.index(f'labeled-data/m4s1/{name}')
+        xy = project.keypoints[frame, 0]
+        keypoints = np.concatenate([np.nan_to_num(xy), np.where(np.isnan(xy[:, :1]), 0, 2)], axis=1)
+        np.testing.assert_allclose(bbox_from_keypoints(keypoints, 480, 640, manifest['margin']),
+                                   g['boxes_xywh'][i, j], rtol=0, atol=1e-9)
+
+
+@pytest.fixture(scope='module')
+def network_and_variables(detector_variables):
+    return DetectorNetwork(), detector_variables
+
+
+def injected_step(g: dict, s: int, num_gt: int) -> dict:
+    """The reference's draws (and proposals with ground truth appended) of step ``s``, as our
+    static-shape injection: proposals padded to 2000 + G rows, RoI samples to 512 slots in the
+    reference's order (ascending proposal index)."""
+    size = 2000 + num_gt
+    out = {k: [] for k in ('rpn_positive', 'rpn_negative', 'proposals', 'proposal_valid', 'roi_index',
+                           'roi_positive', 'roi_valid')}
+    for i in range(len(FRAMES)):
+        p = f'{s}/{i}/'
+        out['rpn_positive'].append(g[p + 'rpn_pos'])
+        out['rpn_negative'].append(g[p + 'rpn_neg'])
+        proposals = g[p + 'all_proposals']
+        n = len(proposals)
+        out['proposals'].append(np.pad(proposals, ((0, size - n), (0, 0))))
+        out['proposal_valid'].append(np.arange(size) < n)
+        index = np.flatnonzero(g[p + 'roi_pos'] | g[p + 'roi_neg'])
+        out['roi_index'].append(np.pad(index, (0, ROI_SAMPLES - len(index))).astype(np.int32))
+        out['roi_positive'].append(np.pad(g[p + 'roi_pos'][index], (0, ROI_SAMPLES - len(index))))
+        out['roi_valid'].append(np.arange(ROI_SAMPLES) < len(index))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def losses_and_details(network, variables, batch, manifest, injected, dtype=jnp.float32):
+    t = manifest['transform']
+
+    @jax.jit
+    def run(variables, images, boxes, valid, injected):
+        x, size, b = training_inputs(images, boxes, min_size=t['min_size'], max_size=t['max_size'])
+        sizes = jnp.tile(jnp.asarray(size, jnp.int32), (x.shape[0], 1))
+        return detector_losses(network, variables, x, sizes, b, valid, jax.random.key(0), injected=injected,
+                               with_details=True)
+
+    cast = lambda a: np.asarray(a, dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else a  # noqa: E731
+    return jax.device_get(run(jax.tree_util.tree_map(cast, variables), cast(batch['image']), cast(batch['boxes']),
+                              batch['box_valid'], jax.tree_util.tree_map(cast, injected)))
+
+
+@pytest.fixture(scope='module')
+def step0(network_and_variables, batch, golden):
+    g, _, manifest = golden
+    network, variables = network_and_variables
+    return losses_and_details(network, variables, batch, manifest, injected_step(g, 0, 2))
+
+
+def test_anchors_are_torchvisions(golden, step0):
+    g, _, _ = golden
+    _, details = step0
+    x_shape = (416, 544)  # 480x640 at 400 / <= 667, padded to /32.
+    grid = anchors_lib.grid_anchors(anchors_lib.fpn_feature_sizes(x_shape), x_shape)
+    np.testing.assert_array_equal(grid, g['anchors'])
+    assert details['rpn_labels'].shape[1] == len(g['anchors'])
+
+
+def assert_targets_equal(ours, reference):
+    """Regression targets: dx, dy bit-identical; dw, dh (a float32 ``log``, which XLA and torch's
+    vectorised kernel each round their own way, within an ulp; times the weight 5: two ulps)."""
+    np.testing.assert_array_equal(ours[:, :2], reference[:, :2])
+    np.testing.assert_array_max_ulp(ours[:, 2:], reference[:, 2:], maxulp=2)
+
+
+def test_rpn_labels_and_targets_identical(golden, step0):
+    g, _, _ = golden
+    _, details = step0
+    for i in range(len(FRAMES)):
+        labels = g[f'0/{i}/rpn_labels']
+        np.testing.assert_array_equal(details['rpn_labels'][i], labels)
+        assert_targets_equal(details['rpn_targets'][i][labels == 1], g[f'0/{i}/rpn_targets'])
+    counts = [int((g[f'0/{i}/rpn_labels'] == 1).sum()) for i in range(len(FRAMES))]
+    print(f'\nRPN positives per image {counts} (the image without boxes: none)')
+    assert counts[2] == 0 and counts[0] > 0 and counts[1] > counts[0]
+
+
+def test_roi_labels_and_targets_identical(golden, step0):
+    g, _, _ = golden
+    _, details = step0
+    for i in range(len(FRAMES)):
+        labels = g[f'0/{i}/roi_labels']
+        n = len(labels)
+        np.testing.assert_array_equal(details['roi_labels'][i][:n], labels)
+        assert (details['roi_labels'][i][n:] == -1).all()  # Padding is never sampled.
+        index = np.flatnonzero(g[f'0/{i}/roi_pos'] | g[f'0/{i}/roi_neg'])
+        positive = g[f'0/{i}/sampled_labels'] > 0
+        np.testing.assert_array_equal(labels[index], g[f'0/{i}/sampled_labels'])
+        assert_targets_equal(details['roi_targets'][i][index][positive], g[f'0/{i}/sampled_targets'][positive])
+
+
+def test_four_losses_match(golden, step0):
+    g, g64, _ = golden
+    losses, _ = step0
+    ours = np.array([float(losses[k]) for k in LOSSES])
+    ref, exact = g['0/losses'], g64['0/losses']
+    error = np.abs(ours - ref) / np.abs(ref)
+    print('\n' + ', '.join(f'{k} {o:.7f} (DLC {r:.7f}, error {e:.1e})'
+                           for k, o, r, e in zip(LOSSES, ours, ref, error)))
+    assert error.max() <= 1e-5
+    del exact  # The float64 reference starts from its own draws; compared in the float64 test.
+
+
+def own_proposals(network, variables, batch, manifest):
+    """Our proposals (no injection) for step 0: ``(B, 2000 + G, 4)`` and validity."""
+    _, details = losses_and_details(network, variables, batch, manifest, None)
+    return details['proposals'], details['proposal_valid']
+
+
+def test_proposals_are_the_same_set(network_and_variables, batch, golden):
+    g, _, manifest = golden
+    network, variables = network_and_variables
+    proposals, valid = own_proposals(network, variables, batch, manifest)
+    for i in range(len(FRAMES)):
+        ref = g[f'0/{i}/proposals']
+        ours = proposals[i][:2000][valid[i][:2000]]
+        assert len(ours) == len(ref), (i, len(ours), len(ref))
+        ours_sorted = ours[np.lexsort(ours.T[::-1])]
+        ref_sorted = ref[np.lexsort(ref.T[::-1])]
+        error = np.abs(ours_sorted - ref_sorted).max()
+        print(f'\nimage {i}: {len(ref)} proposals, max |ours - DLC| {error:.2e} px')
+        assert error <= 0.01
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients and three AdamW steps
+
+INVERSE = {conv_kernel: (3, 2, 0, 1), linear_kernel: (1, 0)}
+
+
+def torch_view(tree: dict, keys) -> dict[str, np.ndarray]:
+    """Our parameter (or gradient) tree in the reference's layout, by torch key."""
+    flat = flatten(tree)
+    table = detector_rules()
+    out = {}
+    for key in keys:
+        key = str(key)
+        rule = next(r for r in table.rules if r.apply(key) is not None)
+        value = np.asarray(flat[rule.apply(key).removeprefix('params/')])
+        if rule.transform in INVERSE:
+            value = value.transpose(INVERSE[rule.transform])
+        elif rule.transform.__name__.startswith('linear_after_flatten'):
+            value = value.reshape(7, 7, 256, -1).transpose(3, 2, 0, 1).reshape(value.shape[-1], -1)
+        out[key] = value
+    return out
+
+
+def at_stored(value: np.ndarray, key: str, g: dict) -> np.ndarray:
+    index = g.get(f'grad_index/{key}')
+    return value.ravel() if index is None else value.ravel()[index]
+
+
+def three_steps(network, variables, batch, golden_steps: dict, dtype=np.float32) -> dict:
+    optimizer = make_optimizer(TrainConfig(learning_rate=1e-5, weight_decay=0.01), variables['params'],
+                               steps_per_epoch=1000)
+    cast = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), tree)  # noqa: E731
+    state = init_state(cast(variables['params']), optimizer, 0)
+    step = make_detector_train_step(network, optimizer, with_grads=True)
+    losses, grads = [], None
+    x, size, boxes = jax.jit(lambda i, b: training_inputs(i, b, min_size=400, max_size=667))(
+        np.asarray(batch['image'], dtype), np.asarray(batch['boxes'], dtype))
+    data = {'image': x, 'image_size': np.tile(np.int32(size), (len(x), 1)), 'boxes': boxes,
+            'box_valid': batch['box_valid']}
+    for s in range(3):
+        injected = injected_step(golden_steps, s, 2)
+        injected['proposals'] = injected['proposals'].astype(dtype)
+        state, metrics = step(state, cast(variables['batch_stats']), data, injected)
+        losses.append([float(metrics[k]) for k in LOSSES])
+        if s == 0:
+            grads = jax.device_get(metrics['grads'])
+    return {'losses': np.array(losses), 'grads': grads, 'params': jax.device_get(state['params'])}
+
+
+@pytest.fixture(scope='module')
+def ours32(network_and_variables, batch, golden):
+    g, _, _ = golden
+    network, variables = network_and_variables
+    run = three_steps(network, variables, batch, g)
+    return {**run, 'grads': torch_view(run['grads'], g['leaf_keys']),
+            'params': torch_view(run['params'], g['leaf_keys'])}
+
+
+def relative_l2(value, reference) -> float:
+    return float(np.sqrt(((value - reference) ** 2).sum() / max((reference ** 2).sum(), 1e-300)))
+
+
+def test_float32_gradients_as_accurate_as_torchvisions(ours32, golden):
+    g, g64, _ = golden
+    rows = []
+    for j, key in enumerate(g['leaf_keys']):
+        key = str(key)
+        ref32, ref64 = g[f'grad/{key}'].ravel().astype(np.float64), g64[f'grad/{key}'].ravel()
+        value = at_stored(ours32['grads'][key], key, g).astype(np.float64)
+        rows.append((key, relative_l2(value, ref64), relative_l2(ref32, ref64)))
+    ours, own = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    worst = rows[int(ours.argmax())]
+    print(f'\nfloat32 gradients over {len(rows)} leaves, relative L2 error against DLC float64: ours median '
+          f'{np.median(ours):.2e} max {ours.max():.2e} ({worst[0]}); DLC float32 median {np.median(own):.2e} '
+          f'max {own.max():.2e}')
+    assert np.median(ours) <= 1.5 * np.median(own)
+    assert ours.max() <= 2 * own.max(), worst
+
+
+def test_three_adamw_steps(ours32, golden):
+    g, g64, _ = golden
+    losses = ours32['losses']
+    ref = np.stack([g[f'{s}/losses'] for s in range(3)])
+    error = np.abs(losses - ref) / np.abs(ref)
+    print(f'\nlosses over three steps, relative error max {error.max():.1e}')
+    assert error.max() <= 1e-4
+    # Parameters after three steps: within a few float32 roundings of DeepLabCut's, on the scale of
+    # the learning rate (Adam moves every weight by about lr per step).
+    worst = 0.0
+    for key in g['leaf_keys']:
+        key = str(key)
+        value = at_stored(ours32['params'][key], key, g)
+        worst = max(worst, float(np.abs(value - g[f'params3/{key}'].ravel()).max()))
+    print(f'parameters after three steps: max |ours - DLC| {worst:.2e} (lr 1e-5, 3 steps)')
+    assert worst <= 3 * 2 * 1e-5
