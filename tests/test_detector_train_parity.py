@@ -185,19 +185,34 @@ def own_proposals(network, variables, batch, manifest):
     return details['proposals'], details['proposal_valid']
 
 
+def nearest(ours: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each reference box, the index of the nearest of ours (max coordinate difference) and
+    that distance."""
+    distance = np.abs(ref[:, None, :] - ours[None, :, :]).max(-1)
+    return distance.argmin(1), distance.min(1)
+
+
 def test_proposals_are_the_same_set(network_and_variables, batch, golden):
-    g, _, manifest = golden
+    """Our 2,000 training proposals per image against DeepLabCut's, as sets.  Within 0.01 px but for
+    the largest boxes, whose decoded sides carry the float32 noise of the RPN's deltas times their
+    size: those are held to no further from DeepLabCut's float64 proposals than its own float32
+    ones (same weights, same inputs; the proposals do not depend on the samplers)."""
+    g, g64, manifest = golden
     network, variables = network_and_variables
     proposals, valid = own_proposals(network, variables, batch, manifest)
     for i in range(len(FRAMES)):
-        ref = g[f'0/{i}/proposals']
+        ref, exact = g[f'0/{i}/proposals'], g64[f'0/{i}/native_proposals']
         ours = proposals[i][:2000][valid[i][:2000]]
-        assert len(ours) == len(ref), (i, len(ours), len(ref))
-        ours_sorted = ours[np.lexsort(ours.T[::-1])]
-        ref_sorted = ref[np.lexsort(ref.T[::-1])]
-        error = np.abs(ours_sorted - ref_sorted).max()
-        print(f'\nimage {i}: {len(ref)} proposals, max |ours - DLC| {error:.2e} px')
-        assert error <= 0.01
+        assert len(ours) == len(ref) == len(exact), (i, len(ours), len(ref), len(exact))
+        index, error = nearest(ours, ref)
+        assert len(set(index)) == len(ref)  # One to one.
+        _, ours64 = nearest(ours.astype(np.float64), exact)
+        _, own64 = nearest(ref.astype(np.float64), exact)
+        print(f'\nimage {i}: {len(ref)} proposals; |ours - DLC float32| max {error.max():.2e} px, '
+              f'{(error <= 0.01).sum()} within 0.01 px; against DLC float64: ours max {ours64.max():.2e}, '
+              f'DLC float32 max {own64.max():.2e} px')
+        assert np.median(error) <= 0.01 and (error <= 0.01).mean() >= 0.99
+        assert ours64.max() <= max(0.01, 2 * own64.max())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,18 +295,48 @@ def test_float32_gradients_as_accurate_as_torchvisions(ours32, golden):
 
 
 def test_three_adamw_steps(ours32, golden):
+    """Three AdamW steps on the same batch with the reference's draws, float32: each step's four
+    losses and the parameters after three steps no further from DeepLabCut's float64 run of the
+    same steps than its own float32 run is.  (Adam's first steps move every weight by about +-lr
+    whatever the size of its gradient, so weights whose gradients are float32 noise move apart.)"""
     g, g64, _ = golden
-    losses = ours32['losses']
     ref = np.stack([g[f'{s}/losses'] for s in range(3)])
-    error = np.abs(losses - ref) / np.abs(ref)
-    print(f'\nlosses over three steps, relative error max {error.max():.1e}')
-    assert error.max() <= 1e-4
-    # Parameters after three steps: within a few float32 roundings of DeepLabCut's, on the scale of
-    # the learning rate (Adam moves every weight by about lr per step).
-    worst = 0.0
-    for key in g['leaf_keys']:
+    exact = np.stack([g64[f'{s}/losses'] for s in range(3)])
+    ours = np.abs(ours32['losses'] - exact) / np.abs(exact)
+    own = np.abs(ref - exact) / np.abs(exact)
+    vs32 = np.abs(ours32['losses'] - ref) / np.abs(ref)
+    print(f'\nlosses over three steps, relative error against DLC float64: ours max {ours.max():.1e}, DLC '
+          f'float32 max {own.max():.1e}; ours against DLC float32 max {vs32.max():.1e}')
+    assert (ours <= np.maximum(2 * own, 1e-5)).all(), (ours, own)
+    rows = []
+    for j, key in enumerate(g['leaf_keys']):
         key = str(key)
-        value = at_stored(ours32['params'][key], key, g)
-        worst = max(worst, float(np.abs(value - g[f'params3/{key}'].ravel()).max()))
-    print(f'parameters after three steps: max |ours - DLC| {worst:.2e} (lr 1e-5, 3 steps)')
-    assert worst <= 3 * 2 * 1e-5
+        exact_params = g64[f'params3/{key}'].ravel()
+        value = at_stored(ours32['params'][key], key, g).astype(np.float64)
+        rows.append((np.abs(value - exact_params).max(), np.abs(g[f'params3/{key}'].ravel() - exact_params).max()))
+    ours_p, own_p = np.array(rows).T
+    print(f'parameters after three steps, max |. - DLC float64| over {len(rows)} leaves: ours {ours_p.max():.2e}, '
+          f'DLC float32 {own_p.max():.2e} (lr 1e-5)')
+    assert ours_p.max() <= max(2 * own_p.max(), 1e-7)
+    assert np.median(ours_p) <= max(1.5 * np.median(own_p), 1e-7)
+
+
+@pytest.mark.slow  # About four minutes on 2 cores (a float64 Faster R-CNN train step compiles): pytest -m slow.
+def test_float64_steps_equal_deeplabcut_float64(network_and_variables, batch, golden):
+    """In float64, with the same draws and proposals as DeepLabCut's float64 run, the two
+    implementations agree to rounding: each step's losses, every gradient leaf, and the
+    parameters after three AdamW steps."""
+    g, g64, _ = golden
+    _, variables = network_and_variables
+    with jax.enable_x64(True):
+        run = three_steps(DetectorNetwork(dtype=jnp.float64), variables, batch, g, dtype=np.float64)
+    exact = np.stack([g64[f'{s}/losses'] for s in range(3)])
+    losses = np.abs(run['losses'] - exact) / np.abs(exact)
+    grads_view, params_view = torch_view(run['grads'], g['leaf_keys']), torch_view(run['params'], g['leaf_keys'])
+    grads = np.array([np.abs(at_stored(grads_view[str(k)], str(k), g) - g64[f'grad/{k}'].ravel()).max()
+                      / max(float(g64['grad_maxabs'][j]), 1e-300) for j, k in enumerate(g['leaf_keys'])])
+    params = np.array([np.abs(at_stored(params_view[str(k)], str(k), g) - g64[f'params3/{k}'].ravel()).max()
+                       / max(float(g64['params3_maxabs'][j]), 1e-300) for j, k in enumerate(g['leaf_keys'])])
+    print(f'\nfloat64: losses relative error max {losses.max():.1e}; gradients relative max-abs median '
+          f'{np.median(grads):.1e} max {grads.max():.1e}; params after 3 steps max {params.max():.1e}')
+    assert losses.max() <= 1e-7 and grads.max() <= 1e-6 and params.max() <= 1e-6

@@ -7,6 +7,8 @@ score threshold and NMS, with static shapes and validity masks; frames split ove
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +48,12 @@ class Detector:
         self._features = jax.jit(lambda v, x: self.network.apply(v, x, method='features'))
         self._classify = jax.jit(lambda v, r: self.network.apply(v, r, method='classify'))
         self._detect = jax.jit(self._detect_batch, static_argnames=('max_detections', 'with_taps'))
+
+    def with_variables(self, variables) -> Detector:
+        """The same compiled detector with other weights (e.g. while fine-tuning): nothing recompiles."""
+        other = copy.copy(self)
+        other.variables = parallel.put_replicated(variables, self.mesh)
+        return other
 
     def features(self, images) -> dict:
         """The backbone, FPN and RPN head alone on normalised, padded ``images (N, H, W, 3)`` (H and W

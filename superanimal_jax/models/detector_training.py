@@ -54,7 +54,9 @@ def training_inputs(images, boxes, *, min_size: int = detector_input.MIN_SIZE,
     mean = jnp.asarray(np.float32(IMAGENET_MEAN), dtype)
     std = jnp.asarray(np.float32(IMAGENET_STD), dtype)
     x = (images - mean) / std
-    if (h, w) != (height, width):
+    if (h, w) != (height, width) and dtype == jnp.float64:
+        x = _resize_bilinear_float64(x, h, w)
+    elif (h, w) != (height, width):
         kernel, index_fma = detector_input.torch_cpu_bilinear_kernel(h, w, torch_version=torch_version)
         x = detector_input.resize_bilinear(x, h, w, kernel, index_fma).astype(dtype)
     x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
@@ -63,6 +65,23 @@ def training_inputs(images, boxes, *, min_size: int = detector_input.MIN_SIZE,
     ratios = jnp.asarray(np.array([ratio_w, ratio_h, ratio_w, ratio_h], np.float32)).astype(boxes.dtype)
     # Rounded before the widths are taken: a fused multiply-subtract would differ from torch.
     return x, (h, w), box_ops.rounded(boxes * ratios)
+
+
+def _resize_bilinear_float64(x, h: int, w: int):
+    """torch's bilinear resize of a float64 tensor (align_corners False): source positions and
+    weights in float64 (the parity checks' exact reference; float32 goes through
+    :func:`~superanimal_jax.transforms.detector_input.resize_bilinear`)."""
+    def taps(n_in: int, n_out: int):
+        src = np.maximum((n_in / n_out) * (np.arange(n_out) + 0.5) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        l1 = src - i0
+        return i0, i1, 1.0 - l1, l1
+
+    y0, y1, ly0, ly1 = taps(x.shape[1], h)
+    x0, x1, lx0, lx1 = taps(x.shape[2], w)
+    rows = x[:, y0] * ly0[:, None, None] + x[:, y1] * ly1[:, None, None]
+    return rows[:, :, x0] * lx0[:, None] + rows[:, :, x1] * lx1[:, None]
 
 
 def rpn_targets(anchors, gt_boxes, gt_valid):
@@ -93,14 +112,16 @@ def _bce_with_logits(logits, labels):
 
 
 def detector_losses(network, variables, images, image_sizes, gt_boxes, gt_valid, key, *,
-                    injected: dict | None = None, nms_method: str = 'cpu', with_details: bool = False):
+                    image_valid=None, injected: dict | None = None, nms_method: str = 'cpu',
+                    with_details: bool = False):
     """The four Faster R-CNN training losses of a batch (and their sum under ``'loss'``).
 
     ``images (B, Hp, Wp, 3)``: :func:`training_inputs`' output (normalised, resized, padded),
     ``image_sizes (B, 2)`` each image's resized ``(h, w)`` inside the padding (traced: one
     compilation per padded size); ``gt_boxes (B, G, 4)`` xyxy in resized pixels with
     ``gt_valid (B, G)``; ``key``: the samplers'
-    randomness (one split per image).  ``injected`` (parity checks) replaces the samplers and,
+    randomness (one split per image); ``image_valid (B,)``: False for padding rows of a short last
+    batch, which sample nothing and count for nothing.  ``injected`` (parity checks) replaces the samplers and,
     optionally, the proposals: ``rpn_positive``/``rpn_negative`` ``(B, A)`` masks,
     ``proposals (B, P, 4)`` + ``proposal_valid (B, P)`` (ground truth already appended), and
     ``roi_index``/``roi_positive``/``roi_valid`` ``(B, 512)``.  ``with_details`` also returns
@@ -130,6 +151,8 @@ def detector_losses(network, variables, images, image_sizes, gt_boxes, gt_valid,
             return matching.masks_of(*matching.sample(k, lab, RPN_SAMPLES, RPN_POSITIVE_FRACTION),
                                      lab.shape[0])
         positive, negative = jax.vmap(draw)(rpn_keys, labels)
+    if image_valid is not None:
+        positive, negative = positive & image_valid[:, None], negative & image_valid[:, None]
     sampled = positive | negative
     rpn_count = jnp.maximum(jnp.sum(sampled), 1).astype(dtype)
     objectness = _bce_with_logits(logits, positive.astype(dtype))
@@ -154,6 +177,9 @@ def detector_losses(network, variables, images, image_sizes, gt_boxes, gt_valid,
     else:
         roi_index, roi_positive, roi_valid = jax.vmap(
             lambda k, lab: matching.sample(k, lab, ROI_SAMPLES, ROI_POSITIVE_FRACTION))(roi_keys, roi_labels)
+    if image_valid is not None:
+        roi_valid = roi_valid & image_valid[:, None]
+        roi_positive = roi_positive & roi_valid
     take = jax.vmap(lambda values, index: values[index])
     rois = jax.lax.stop_gradient(take(proposals, roi_index))
 

@@ -18,7 +18,8 @@ def make_detector_train_step(network: DetectorNetwork, optimizer: optax.Gradient
     ``batch``: torchvision's transform already applied (on the host by the data pipeline, or by
     :func:`~superanimal_jax.models.detector_training.training_inputs`): ``image`` (B, Hp, Wp, 3)
     normalised, resized and padded, ``image_size`` (B, 2) each resized ``(h, w)``, ``boxes``
-    (B, G, 4) xyxy in resized pixels, ``box_valid`` (B, G).  The samplers draw from
+    (B, G, 4) xyxy in resized pixels, ``box_valid`` (B, G), and optionally ``image_valid`` (B,)
+    (False for the padding rows of a short last batch).  The samplers draw from
     ``fold_in(state['rng'], state['step'])``; ``injected`` (parity checks) replaces them
     (:func:`~superanimal_jax.models.detector_training.detector_losses`).  Metrics: the total loss
     and the four losses (before the update), global gradient and parameter norms, and with
@@ -29,8 +30,8 @@ def make_detector_train_step(network: DetectorNetwork, optimizer: optax.Gradient
     """
     def loss_fn(params, batch_stats, batch, key, injected):
         losses = detector_losses(network, {'params': params, 'batch_stats': batch_stats}, batch['image'],
-                                 batch['image_size'], batch['boxes'], batch['box_valid'], key, injected=injected,
-                                 nms_method=nms_method)
+                                 batch['image_size'], batch['boxes'], batch['box_valid'], key,
+                                 image_valid=batch.get('image_valid'), injected=injected, nms_method=nms_method)
         return losses['loss'], losses
 
     def step(state, batch_stats, batch, injected=None):

@@ -47,11 +47,11 @@ RUN_KEYS = ('mode', 'batch_size', 'seed', 'split_seed', 'train_fraction', 'bbox_
             'replay_iou', 'compute_dtype')
 
 
-def check_run(out: Path, config: TrainConfig, model, items: int) -> None:
-    """``OUT/run.json`` records what a run's checkpoints depend on; resuming with other settings
-    would silently mix two experiments, so it is refused."""
+def check_run(out: Path, config: TrainConfig, model, items: int, keys: tuple[str, ...] = RUN_KEYS) -> None:
+    """``OUT/run.json`` records what a run's checkpoints depend on (``keys`` of ``config``);
+    resuming with other settings would silently mix two experiments, so it is refused."""
     record = {'source_model': str(Path(model).absolute()), 'items': items,
-              **json.loads(json.dumps({k: dataclasses.asdict(config)[k] for k in RUN_KEYS}))}
+              **json.loads(json.dumps({k: dataclasses.asdict(config)[k] for k in keys}))}
     path = out / 'run.json'
     if path.exists():
         previous = json.loads(path.read_text())

@@ -18,7 +18,9 @@
    proposals, the RoI labels over the proposals with the ground truth appended and the regression
    targets of the sampled RoIs, the four losses; step-0 gradients and the parameters after three
    steps (at most ``SUBSET`` elements per leaf, as make_train_fixtures.py stores them).
-4. The same in float64 (``detector.double()``), with its own records.
+4. The same in float64 (``detector.double()``) replaying the float32 run's draws and proposals
+   (the samplers and ``filter_proposals`` return what the float32 run recorded, cast to float64):
+   the exact-arithmetic result of the same steps, against which float32 rounding is measured.
 About two minutes on 2 cores.
 """
 
@@ -65,8 +67,9 @@ def labelled_boxes() -> np.ndarray:
 class Recorder:
     """Wraps torchvision's training internals on one model and records what they compute."""
 
-    def __init__(self, tv):
+    def __init__(self, tv, replay: list[dict] | None = None):
         self.steps: list[dict] = []
+        self.replay = replay
         rpn, heads = tv.rpn, tv.roi_heads
         for owner, name in ((rpn, 'assign_targets_to_anchors'), (rpn, 'filter_proposals'),
                             (heads, 'add_gt_proposals'), (heads, 'select_training_samples')):
@@ -82,6 +85,10 @@ class Recorder:
     def _wrap(self, name, fn):
         def wrapped(*args, **kwargs):
             out = fn(*args, **kwargs)
+            if name == 'filter_proposals' and self.replay is not None:
+                self.now['native_proposals'] = [b.detach().clone() for b in out[0]]
+                recorded = self.replay[len(self.steps) - 1]['proposals']
+                out = ([b.to(out[0][0].dtype) for b in recorded], out[1])
             if name == 'assign_targets_to_anchors':
                 anchors = args[0]
                 labels, matched = out
@@ -101,11 +108,17 @@ class Recorder:
         return wrapped
 
     def _sampler(self, stage: str, sampler):
+        import torch
+
         recorder = self
 
         class Recording:
             def __call__(self, matched_idxs):
                 pos, neg = sampler(matched_idxs)
+                if recorder.replay is not None:
+                    record = recorder.replay[len(recorder.steps) - 1]
+                    pos = [p.to(torch.uint8) for p in record[f'{stage}_pos']]
+                    neg = [n.to(torch.uint8) for n in record[f'{stage}_neg']]
                 recorder.now[f'{stage}_input_labels'] = [t.detach().clone() for t in matched_idxs]
                 recorder.now[f'{stage}_pos'] = [p.detach().clone().bool() for p in pos]
                 recorder.now[f'{stage}_neg'] = [n.detach().clone().bool() for n in neg]
@@ -117,7 +130,8 @@ class Recorder:
         return Recording()
 
 
-def run(state: dict, images: np.ndarray, boxes: np.ndarray, double: bool) -> tuple[Recorder, dict, dict]:
+def run(state: dict, images: np.ndarray, boxes: np.ndarray, double: bool, replay: list[dict] | None = None
+        ) -> tuple[Recorder, dict, dict]:
     import torch
 
     detector = build_detector()
@@ -131,7 +145,7 @@ def run(state: dict, images: np.ndarray, boxes: np.ndarray, double: bool) -> tup
     annotations = {'boxes': torch.from_numpy(boxes).to(dtype),
                    'area': torch.from_numpy(boxes[..., 2] * boxes[..., 3]).to(dtype),
                    'labels': torch.ones(boxes.shape[:2]), 'is_crowd': torch.zeros(boxes.shape[:2])}
-    recorder = Recorder(tv)
+    recorder = Recorder(tv, replay)
     optimizer = torch.optim.AdamW(detector.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     grads = {}
     for step in range(STEPS):
@@ -163,6 +177,8 @@ def save_steps(out: dict, prefix: str, recorder: Recorder) -> None:
             out[f'{prefix}{s}/{i}/rpn_pos'] = record['rpn_pos'][i].numpy()
             out[f'{prefix}{s}/{i}/rpn_neg'] = record['rpn_neg'][i].numpy()
             out[f'{prefix}{s}/{i}/proposals'] = record['proposals'][i].numpy()
+            if 'native_proposals' in record:  # The float64 run's own, before the replayed ones replace them.
+                out[f'{prefix}{s}/{i}/native_proposals'] = record['native_proposals'][i].numpy()
             out[f'{prefix}{s}/{i}/all_proposals'] = record['all_proposals'][i].numpy()
             out[f'{prefix}{s}/{i}/roi_labels'] = record['roi_input_labels'][i].numpy().astype(np.int8)
             out[f'{prefix}{s}/{i}/roi_pos'] = record['roi_pos'][i].numpy()
@@ -186,9 +202,10 @@ def main() -> None:
     boxes = labelled_boxes()
     golden = {'images_sha256': np.array(hashlib.sha256(images.tobytes()).hexdigest()), 'boxes_xywh': boxes}
     golden64 = {}
-    keys = None
+    keys, replay = None, None
     for double, out in ((False, golden), (True, golden64)):
-        recorder, grads, params = run(state, images, boxes, double)
+        recorder, grads, params = run(state, images, boxes, double, replay)
+        replay = recorder.steps
         keys = list(grads)
         save_steps(out, '', recorder)
         store(out, 'grad', grads, keys, full=False, with_index=not double)
