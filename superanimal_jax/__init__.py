@@ -28,19 +28,23 @@ from superanimal_jax.inference.model import SuperAnimalModel, from_state_dicts, 
 from superanimal_jax.inference.pose import PoseEstimator
 from superanimal_jax.models.pose import decode_heatmaps
 from superanimal_jax.training.config import TrainConfig
+from superanimal_jax.training.detector_loop import DetectorTrainConfig, fine_tune_detector
 from superanimal_jax.training.evaluation import evaluate
 from superanimal_jax.training.loop import train as fine_tune
 from superanimal_jax.training.project import read_project
 from superanimal_jax.transforms.augment import TrainAugmentation
+from superanimal_jax.transforms.detector_augment import DetectorAugmentation
 from superanimal_jax.transforms.normalize import normalize_crops
 from superanimal_jax.version import __version__
 
 __all__ = [
-    'CheckpointError', 'ConversionError', 'DLCRNetEstimator', 'Detector', 'HubError', 'ModelDirError',
+    'CheckpointError', 'ConversionError', 'DLCRNetEstimator', 'Detector', 'DetectorAugmentation',
+    'DetectorTrainConfig', 'HubError', 'ModelDirError',
     'NonFiniteLossError', 'PoseEstimator', 'ProjectError', 'SuperAnimalError', 'SuperAnimalModel',
     'TOPVIEWMOUSE_KEYPOINTS',
     'TrainAugmentation', 'TrainConfig', 'TruncatedVideoWarning', 'UnsafeCheckpointError', 'VideoError',
     '__version__', 'analyze_images', 'analyze_video', 'analyze_videos', 'convert', 'decode_heatmaps',
-    'evaluate', 'fine_tune', 'from_state_dicts', 'hub', 'load', 'normalize_crops', 'parallel',
+    'evaluate', 'fine_tune', 'fine_tune_detector', 'from_state_dicts', 'hub', 'load', 'normalize_crops',
+    'parallel',
     'read_project', 'synthetic',
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _convert(args) -> int:
@@ -122,14 +123,58 @@ def _train(args) -> int:
         options['augmentation'] = TrainAugmentation.off()
     from superanimal_jax.training.project import read_project
 
+    if args.detector_epochs < 0 or (args.epochs is not None and args.epochs < 0):
+        raise ValueError('--detector-epochs and --pose-epochs must be >= 0')
+    if args.epochs == 0 and not args.detector_epochs:
+        raise ValueError('--pose-epochs 0 trains nothing: give --detector-epochs N as well')
     project = read_project(args.project, drop_unlabeled=args.drop_unlabeled)
-    result = train(project, args.model, args.out, TrainConfig(**options))
+    model = args.model
+    if args.detector_epochs:  # DeepLabCut's train_network: the detector first, then the pose model.
+        model = _train_detector(args, project)
+    if args.epochs == 0:
+        import shutil
+
+        final = Path(args.out) / 'model'
+        staging = final.with_name('.model.partial')
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(model, staging)
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+        print(f'model: {final}')
+        return 0
+    result = train(project, model, args.out, TrainConfig(**options))
+    _report(result)
+    return 0
+
+
+def _train_detector(args, project) -> Path:
+    """``train --detector-epochs N``: the detector fine-tuned into ``OUT/detector``; returns its
+    model directory (the source model with the new detector)."""
+    from superanimal_jax.training.detector_loop import DetectorTrainConfig, fine_tune_detector
+    from superanimal_jax.transforms.detector_augment import DetectorAugmentation
+
+    options = dict(epochs=args.detector_epochs, batch_size=args.detector_batch_size, seed=args.seed,
+                   workers=args.workers, train_fraction=args.train_fraction)
+    if args.detector_lr is not None:
+        options['learning_rate'] = args.detector_lr
+    if args.eval_interval is not None:
+        options['eval_interval'] = args.eval_interval
+    if args.save_interval is not None:
+        options['save_interval'] = args.save_interval
+    if args.no_augmentation:
+        options['augmentation'] = DetectorAugmentation.off()
+    result = fine_tune_detector(project, args.model, Path(args.out) / 'detector',
+                                DetectorTrainConfig(**options))
+    _report(result)
+    return result['paths']['model']
+
+
+def _report(result: dict) -> None:
     for name, value in result['metrics'].items():
         if '.' in name:
             print(f'{name}: {value:.4g}')
     for name, path in result['paths'].items():
         print(f'{name}: {path}')
-    return 0
 
 
 def _evaluate(args) -> int:
@@ -212,9 +257,9 @@ def _download_command(commands) -> None:
 
 
 def _train_command(commands) -> None:
-    """``train``: fine-tune the pose model on a DeepLabCut project."""
-    fit = commands.add_parser('train', help='fine-tune the pose model on a DeepLabCut project (DeepLabCut\'s '
-                              'SuperAnimal recipe)')
+    """``train``: fine-tune the detector and/or the pose model on a DeepLabCut project."""
+    fit = commands.add_parser('train', help='fine-tune the pose model (and with --detector-epochs the '
+                              'detector first) on a DeepLabCut project (DeepLabCut\'s SuperAnimal recipe)')
     fit.add_argument('--project', metavar='DIR', required=True,
                      help='DeepLabCut project (config.yaml, labeled-data/)')
     fit.add_argument('--model', metavar='DIR', required=True, help='converted SuperAnimal model directory')
@@ -223,9 +268,17 @@ def _train_command(commands) -> None:
                      help='convert: head sliced by the conversion table (default); replay: all 27 keypoints, '
                      'unlabelled ones from the model; transfer: a new head for the project bodyparts')
     length = fit.add_mutually_exclusive_group()
-    length.add_argument('--epochs', type=int, metavar='N', help='epochs (default 200)')
+    length.add_argument('--epochs', '--pose-epochs', dest='epochs', type=int, metavar='N',
+                        help='pose-model epochs (default 200; 0 with --detector-epochs: the detector only)')
     length.add_argument('--steps', type=int, metavar='N', help='optimiser steps instead of epochs')
     fit.add_argument('--batch-size', type=int, default=1, metavar='N', help='default 1, as DeepLabCut')
+    fit.add_argument('--detector-epochs', type=int, default=0, metavar='N',
+                     help='fine-tune the detector first, for N epochs (default 0: the pose model only); '
+                     'it goes into the output model directory')
+    fit.add_argument('--detector-batch-size', type=int, default=1, metavar='N',
+                     help='default 1, as DeepLabCut')
+    fit.add_argument('--detector-lr', type=float, metavar='LR',
+                     help='detector learning rate (default 1e-5, 1e-6 from epoch 90)')
     fit.add_argument('--lr', type=float, metavar='LR', help='base learning rate (default 1e-5)')
     fit.add_argument('--eval-interval', type=int, metavar='EPOCHS',
                      help='evaluate every N epochs (default 10)')
@@ -233,7 +286,8 @@ def _train_command(commands) -> None:
                      help='checkpoint every N epochs (default 25)')
     fit.add_argument('--train-fraction', type=float, metavar='F',
                      help="fraction of labelled frames to train on (default: the project's TrainingFraction)")
-    fit.add_argument('--no-augmentation', action='store_true', help='no rotation or noise')
+    fit.add_argument('--no-augmentation', action='store_true',
+                     help='no augmentation (pose: rotation, noise; detector: flip, affine, resize collate)')
     fit.add_argument('--drop-unlabeled', action='store_true', help='leave out frames without any label')
     fit.add_argument('--seed', type=int, default=42)
     fit.add_argument('--workers', type=int, default=2, metavar='N', help='host threads preparing batches')

@@ -55,8 +55,9 @@ def batch(golden):
 
     g, _, manifest = golden
     project = read_project(OPENFIELD_PROJECT)
-    images = np.stack([np.asarray(normalize_crops(read_image(OPENFIELD_PROJECT / 'labeled-data' / 'm4s1' / f)))
-                       for f in FRAMES]).astype(np.float32)
+    folder = OPENFIELD_PROJECT / 'labeled-data' / 'm4s1'
+    images = np.stack([np.asarray(normalize_crops(read_image(folder / f))) for f in FRAMES])
+    images = images.astype(np.float32)
     assert hashlib.sha256(images.tobytes()).hexdigest() == str(g['images_sha256'])
     xywh = g['boxes_xywh'].astype(np.float32)  # As DeepLabCut's float32 tensors: x + w in float32.
     valid = (xywh[..., 2] > 0) & (xywh[..., 3] > 0)  # DeepLabCut's get_target drops empty boxes.
@@ -114,8 +115,9 @@ def losses_and_details(network, variables, batch, manifest, injected, dtype=jnp.
                                with_details=True)
 
     cast = lambda a: np.asarray(a, dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else a  # noqa: E731
-    return jax.device_get(run(jax.tree_util.tree_map(cast, variables), cast(batch['image']), cast(batch['boxes']),
-                              batch['box_valid'], jax.tree_util.tree_map(cast, injected)))
+    return jax.device_get(run(jax.tree_util.tree_map(cast, variables), cast(batch['image']),
+                              cast(batch['boxes']), batch['box_valid'],
+                              jax.tree_util.tree_map(cast, injected)))
 
 
 @pytest.fixture(scope='module')
@@ -164,7 +166,8 @@ def test_roi_labels_and_targets_identical(golden, step0):
         index = np.flatnonzero(g[f'0/{i}/roi_pos'] | g[f'0/{i}/roi_neg'])
         positive = g[f'0/{i}/sampled_labels'] > 0
         np.testing.assert_array_equal(labels[index], g[f'0/{i}/sampled_labels'])
-        assert_targets_equal(details['roi_targets'][i][index][positive], g[f'0/{i}/sampled_targets'][positive])
+        assert_targets_equal(details['roi_targets'][i][index][positive],
+                             g[f'0/{i}/sampled_targets'][positive])
 
 
 def test_four_losses_match(golden, step0):
@@ -313,15 +316,17 @@ def test_three_adamw_steps(ours32, golden):
         key = str(key)
         exact_params = g64[f'params3/{key}'].ravel()
         value = at_stored(ours32['params'][key], key, g).astype(np.float64)
-        rows.append((np.abs(value - exact_params).max(), np.abs(g[f'params3/{key}'].ravel() - exact_params).max()))
+        own = g[f'params3/{key}'].ravel() - exact_params
+        rows.append((np.abs(value - exact_params).max(), np.abs(own).max()))
     ours_p, own_p = np.array(rows).T
-    print(f'parameters after three steps, max |. - DLC float64| over {len(rows)} leaves: ours {ours_p.max():.2e}, '
+    print(f'parameters after three steps, max |. - DLC float64| over {len(rows)} leaves: '
+          f'ours {ours_p.max():.2e}, '
           f'DLC float32 {own_p.max():.2e} (lr 1e-5)')
     assert ours_p.max() <= max(2 * own_p.max(), 1e-7)
     assert np.median(ours_p) <= max(1.5 * np.median(own_p), 1e-7)
 
 
-@pytest.mark.slow  # About four minutes on 2 cores (a float64 Faster R-CNN train step compiles): pytest -m slow.
+@pytest.mark.slow  # Minutes on 2 cores (a float64 Faster R-CNN train step compiles): pytest -m slow.
 def test_float64_steps_equal_deeplabcut_float64(network_and_variables, batch, golden):
     """In float64, with the same draws and proposals as DeepLabCut's float64 run, the two
     implementations agree to rounding: each step's losses, every gradient leaf, and the
@@ -332,7 +337,8 @@ def test_float64_steps_equal_deeplabcut_float64(network_and_variables, batch, go
         run = three_steps(DetectorNetwork(dtype=jnp.float64), variables, batch, g, dtype=np.float64)
     exact = np.stack([g64[f'{s}/losses'] for s in range(3)])
     losses = np.abs(run['losses'] - exact) / np.abs(exact)
-    grads_view, params_view = torch_view(run['grads'], g['leaf_keys']), torch_view(run['params'], g['leaf_keys'])
+    grads_view = torch_view(run['grads'], g['leaf_keys'])
+    params_view = torch_view(run['params'], g['leaf_keys'])
     grads = np.array([np.abs(at_stored(grads_view[str(k)], str(k), g) - g64[f'grad/{k}'].ravel()).max()
                       / max(float(g64['grad_maxabs'][j]), 1e-300) for j, k in enumerate(g['leaf_keys'])])
     params = np.array([np.abs(at_stored(params_view[str(k)], str(k), g) - g64[f'params3/{k}'].ravel()).max()

@@ -13,7 +13,12 @@ from superanimal_jax.models.detector_training import training_inputs
 from superanimal_jax.ops import boxes as box_ops
 from superanimal_jax.ops import matching
 from superanimal_jax.training.data import bbox_from_keypoints
-from superanimal_jax.training.detector_data import DetectorData, DetectorDataConfig, DetectorItem, detector_items
+from superanimal_jax.training.detector_data import (
+    DetectorData,
+    DetectorDataConfig,
+    DetectorItem,
+    detector_items,
+)
 from superanimal_jax.training.detector_evaluation import METRICS, box_metrics
 from superanimal_jax.training.project import read_project
 from superanimal_jax.transforms import detector_augment
@@ -133,8 +138,8 @@ def test_host_transform_matches_the_jitted_one():
     image = np.random.default_rng(0).standard_normal((120, 160, 3)).astype(np.float32)
     boxes = np.array([[10.0, 20.0, 50.0, 90.0]], np.float32)
     host, size, host_boxes = detector_augment.torchvision_transform(image, boxes, 200, 300)
-    jitted, size2, jit_boxes = training_inputs(jnp.asarray(image[None]), jnp.asarray(boxes[None]), min_size=200,
-                                               max_size=300)
+    jitted, size2, jit_boxes = training_inputs(jnp.asarray(image[None]), jnp.asarray(boxes[None]),
+                                               min_size=200, max_size=300)
     assert size == size2 == (200, 266)
     np.testing.assert_allclose(host, np.asarray(jitted)[0, :200, :266], atol=2e-6)
     np.testing.assert_array_equal(host_boxes, np.asarray(jit_boxes)[0])

@@ -121,8 +121,8 @@ def detector_losses(network, variables, images, image_sizes, gt_boxes, gt_valid,
     compilation per padded size); ``gt_boxes (B, G, 4)`` xyxy in resized pixels with
     ``gt_valid (B, G)``; ``key``: the samplers'
     randomness (one split per image); ``image_valid (B,)``: False for padding rows of a short last
-    batch, which sample nothing and count for nothing.  ``injected`` (parity checks) replaces the samplers and,
-    optionally, the proposals: ``rpn_positive``/``rpn_negative`` ``(B, A)`` masks,
+    batch, which sample nothing and count for nothing.  ``injected`` (parity checks) replaces the
+    samplers and, optionally, the proposals: ``rpn_positive``/``rpn_negative`` ``(B, A)`` masks,
     ``proposals (B, P, 4)`` + ``proposal_valid (B, P)`` (ground truth already appended), and
     ``roi_index``/``roi_positive``/``roi_valid`` ``(B, 512)``.  ``with_details`` also returns
     the labels, targets, proposals and samples.
@@ -165,8 +165,9 @@ def detector_losses(network, variables, images, image_sizes, gt_boxes, gt_valid,
         proposals, proposal_valid = injected['proposals'].astype(dtype), injected['proposal_valid']
     else:
         def propose(lg, dl, size):
-            return filter_proposals(lg, dl, grid, level_sizes, (size[0], size[1]), pre_nms_top_n=TRAIN_PROPOSALS,
-                                    post_nms_top_n=TRAIN_PROPOSALS, nms_method=nms_method)
+            return filter_proposals(lg, dl, grid, level_sizes, (size[0], size[1]),
+                                    pre_nms_top_n=TRAIN_PROPOSALS, post_nms_top_n=TRAIN_PROPOSALS,
+                                    nms_method=nms_method)
         found, found_valid = jax.vmap(propose)(jax.lax.stop_gradient(logits), jax.lax.stop_gradient(deltas),
                                                image_sizes)
         proposals = jnp.concatenate([found, gt_boxes.astype(dtype)], axis=1)

@@ -56,7 +56,8 @@ def encode(reference, proposals, weights):
     # IEEE divisions even where the proposals are constants (anchors), which XLA would otherwise
     # turn into multiplications by reciprocals.
     return jnp.stack([divide(wx * (gt_ctr_x - ctr_x), widths), divide(wy * (gt_ctr_y - ctr_y), heights),
-                      ww * jnp.log(divide(gt_widths, widths)), wh * jnp.log(divide(gt_heights, heights))], axis=-1)
+                      ww * jnp.log(divide(gt_widths, widths)), wh * jnp.log(divide(gt_heights, heights))],
+                     axis=-1)
 
 
 def sample(key, labels, batch_size_per_image: int, positive_fraction: float):

@@ -92,15 +92,18 @@ class DetectorData:
         return self.config.batch_size // self.process_count
 
     def frame(self, path: str) -> np.ndarray:
+        """The image at ``path``, read once and then kept in memory."""
         if path not in self._frames:
             self._frames[path] = self._read_image(path)
         return self._frames[path]
 
     def order(self, epoch: int) -> np.ndarray:
+        """The item order of ``epoch``: a permutation drawn from ``(seed, epoch)``."""
         return np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.items))
 
     def sample(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-        """One item flipped, warped and normalised (``rng`` None: no augmentation): float32 image, xywh boxes."""
+        """One item flipped, warped and normalised (``rng`` None: no augmentation): the float32
+        image and its xywh boxes."""
         item = self.items[index]
         aug = self.config.augmentation if rng is not None else DetectorAugmentation.off()
         return detector_augment.augment_frame(aug, rng if rng is not None else np.random.default_rng(0),
@@ -160,6 +163,7 @@ class DetectorData:
         return self._executor
 
     def close(self) -> None:
+        """Shut down the thread pool that prepares items, if one was started."""
         if hasattr(self, '_executor'):
             self._executor.shutdown(wait=False, cancel_futures=True)
             del self._executor

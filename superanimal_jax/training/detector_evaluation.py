@@ -94,6 +94,7 @@ def evaluate_detector(detector, ground_truth: dict[str, dict], batch_size: int =
             for j, name in enumerate(chunk):
                 valid = np.asarray(found['valid'][j])
                 xyxy = np.asarray(found['boxes'][j], np.float64)[valid]
-                detections[name] = {'bboxes': np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1),
+                xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+                detections[name] = {'bboxes': xywh,
                                     'scores': np.asarray(found['scores'][j])[valid]}
     return box_metrics(ground_truth, detections)

@@ -22,7 +22,6 @@ from superanimal_jax.errors import ModelDirError, NonFiniteLossError
 from superanimal_jax.inference.detector import Detector
 from superanimal_jax.io.images import read_image
 from superanimal_jax.models.detector import DetectorNetwork
-from superanimal_jax.models.detector_training import LOSSES
 from superanimal_jax.training.checkpoints import RunCheckpoints
 from superanimal_jax.training.detector_data import DetectorData, DetectorDataConfig, detector_items
 from superanimal_jax.training.detector_evaluation import detector_ground_truth, evaluate_detector
@@ -122,7 +121,8 @@ def fine_tune_detector(project: str | Path | Project, model: str | Path, out: st
     state, data_state = checkpoints.restore(init_state(params, optimizer, config.seed, mesh))
     start = int(state['step'])
     if start > total_steps:
-        raise ValueError(f'{out} already holds a checkpoint at step {start}, past the {total_steps} steps asked for')
+        raise ValueError(f'{out} already holds a checkpoint at step {start}, past the {total_steps} steps '
+                         'asked for')
     log = RunLog(out / 'log.jsonl', start, write=primary)
     evaluator = Detector({'params': parallel.local_copy(state['params']),
                           'batch_stats': parallel.local_copy(batch_stats)},
@@ -183,7 +183,8 @@ def fine_tune_detector(project: str | Path | Project, model: str | Path, out: st
         record = next((r for r in reversed(log.records()) if 'epoch' in r and 'loss' not in r), {})
     paths = {'log': out / 'log.jsonl', 'split': split_path, 'checkpoints': out / 'checkpoints',
              'model': out / 'model'}
-    metadata = {'project': str(project.path), 'source_model': str(Path(model).absolute()), 'steps': total_steps,
+    metadata = {'project': str(project.path), 'source_model': str(Path(model).absolute()),
+                'steps': total_steps,
                 'config': json.loads(json.dumps(dataclasses.asdict(config)))}
     local_stats = parallel.local_copy(batch_stats)
     if primary:

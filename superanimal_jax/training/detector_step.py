@@ -31,7 +31,8 @@ def make_detector_train_step(network: DetectorNetwork, optimizer: optax.Gradient
     def loss_fn(params, batch_stats, batch, key, injected):
         losses = detector_losses(network, {'params': params, 'batch_stats': batch_stats}, batch['image'],
                                  batch['image_size'], batch['boxes'], batch['box_valid'], key,
-                                 image_valid=batch.get('image_valid'), injected=injected, nms_method=nms_method)
+                                 image_valid=batch.get('image_valid'), injected=injected,
+                                 nms_method=nms_method)
         return losses['loss'], losses
 
     def step(state, batch_stats, batch, injected=None):
@@ -44,10 +45,11 @@ def make_detector_train_step(network: DetectorNetwork, optimizer: optax.Gradient
                    'grad_norm': optax.tree.norm(grads), 'param_norm': optax.tree.norm(params)}
         if with_grads:
             metrics['grads'] = grads
-        return {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1, 'rng': state['rng']}, metrics
+        new_state = {'params': params, 'opt_state': opt_state, 'step': state['step'] + 1, 'rng': state['rng']}
+        return new_state, metrics
 
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     rep, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(lambda state, batch_stats, batch: step(state, batch_stats, batch), in_shardings=(rep, rep, rows),
-                   out_shardings=(rep, rep), donate_argnums=0)
+    return jax.jit(lambda state, batch_stats, batch: step(state, batch_stats, batch),
+                   in_shardings=(rep, rep, rows), out_shardings=(rep, rep), donate_argnums=0)

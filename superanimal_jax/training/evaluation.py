@@ -15,6 +15,7 @@ from superanimal_jax.inference.topdown import pose_on_boxes
 from superanimal_jax.io.images import read_image
 from superanimal_jax.training import metrics as metrics_lib
 from superanimal_jax.training.data import bbox_from_keypoints
+from superanimal_jax.training.detector_evaluation import detector_ground_truth, evaluate_detector
 from superanimal_jax.training.modes import Task, evaluation_task, labelled_individuals
 from superanimal_jax.training.project import Project, Split, read_project
 
@@ -65,7 +66,7 @@ def pseudo_labels(pose, project: Project, frames, task: Task, *, bbox_margin: in
 
 def evaluate(project: str | Path | Project, model: str | Path, *, frames: str | Sequence[int] = 'all',
              split: str | Path | None = None, bbox_margin: int = BBOX_MARGIN, pcutoff: float | None = None,
-             single_animal: bool | None = None) -> dict:
+             single_animal: bool | None = None, box_score_threshold: float = 0.01) -> dict:
     """DeepLabCut's evaluation of a model directory on a project's labelled frames.
 
     The model's keypoints are matched to project bodyparts by name, or through the project's
@@ -73,15 +74,17 @@ def evaluate(project: str | Path | Project, model: str | Path, *, frames: str | 
     ``split.json`` written by :func:`train`) the train and test sets are reported apart.
     ``pcutoff`` defaults to the project's.  Single-animal projects pair predictions directly
     (``single_animal`` defaults to that, as in DeepLabCut's ``evaluate_network``); the training
-    loop always matches by OKS, as DeepLabCut's does.
+    loop always matches by OKS, as DeepLabCut's does.  A model with a detector also gets box
+    mAP/mAR (``<set>.box.mAP@50:95`` ...) on full-resolution frames, detections scored above
+    ``box_score_threshold``, ground truth from the keypoints plus ``bbox_margin``.
     """
     from superanimal_jax.inference.model import load  # The top of the inference layer, loaded at run time.
 
     project = project if isinstance(project, Project) else read_project(project)
     loaded = load(model)
-    if loaded.pose is None:
-        raise ModelDirError(f'{model} has no pose network')
-    task = evaluation_task(project, loaded.pose.keypoint_names)
+    if loaded.pose is None and loaded.detector is None:
+        raise ModelDirError(f'{model} has neither a pose network nor a detector')
+    task = evaluation_task(project, loaded.pose.keypoint_names) if loaded.pose is not None else None
     if pcutoff is None:
         pcutoff = project.config.get('pcutoff', 0.6)
         pcutoff = [float(p) for p in pcutoff] if isinstance(pcutoff, (list, tuple)) else float(pcutoff)
@@ -94,8 +97,19 @@ def evaluate(project: str | Path | Project, model: str | Path, *, frames: str | 
     else:
         sets = {'all': tuple(range(len(project.images))) if frames == 'all' else tuple(frames)}
     results = {}
+    boxes = None
+    if loaded.detector is not None:  # DeepLabCut scores detectors with their training threshold, 0.01.
+        from superanimal_jax.inference.detector import Detector
+
+        boxes = Detector(loaded.detector.variables, score_threshold=box_score_threshold,
+                         mesh=loaded.detector.mesh)
     for name, indices in sets.items():
-        if indices:
+        if not indices:
+            continue
+        if task is not None:
             m = evaluate_frames(loaded.pose, project, indices, task, **options)
             results.update({f'{name}.{k}': float(v) for k, v in m.items()})
+        if boxes is not None:
+            m = evaluate_detector(boxes, detector_ground_truth(project, indices, bbox_margin))
+            results.update({f'{name}.box.{k}': float(v) for k, v in m.items()})
     return results

@@ -96,7 +96,8 @@ def augment_frame(config: DetectorAugmentation, rng: np.random.Generator, image:
 # ------------------------------------------------------------------------------------------
 # ResizeFromDataSizeCollate
 
-def collate_size(config: DetectorAugmentation, rng: np.random.Generator, shape: tuple[int, int]) -> tuple[int, int]:
+def collate_size(config: DetectorAugmentation, rng: np.random.Generator, shape: tuple[int, int]
+                 ) -> tuple[int, int]:
     """The batch's target ``(h, w)`` from the first image's ``shape``: its short side times
     U(min_scale, max_scale), clamped, the long side by the (capped) aspect ratio, both rounded up
     to ``multiple_of``."""
@@ -133,8 +134,8 @@ def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray
     return np.einsum('yh,hwc,xw->yxc', wy, image, wx, optimize=True).astype(np.float32)
 
 
-def resize_and_crop(config: DetectorAugmentation, rng: np.random.Generator, image: np.ndarray, boxes: np.ndarray,
-                    size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def resize_and_crop(config: DetectorAugmentation, rng: np.random.Generator, image: np.ndarray,
+                    boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """One item into the batch's ``size``: resized keeping its aspect ratio so that it covers the
     target (long side at most ``max_size``), a random offset (up to ``max_shift`` past the edges),
     cut or zero-padded to ``size``; boxes scaled, shifted and clipped (xywh, zero if emptied)."""
@@ -150,14 +151,17 @@ def resize_and_crop(config: DetectorAugmentation, rng: np.random.Generator, imag
     scaled = resize_antialiased(image, h, w) if (h, w) != (oh, ow) else image.astype(np.float32)
     extra_x, extra_y = max(0, w - tw), max(0, h - th)
     shift = config.max_shift
-    ox = int(rng.integers(max(-tw // 2, -max(0, tw - w) - shift), min(shift + extra_x, extra_x + min(w, tw) // 2)))
-    oy = int(rng.integers(max(-th // 2, -max(0, th - h) - shift), min(shift + extra_y, extra_y + min(h, th) // 2)))
+    ox = int(rng.integers(max(-tw // 2, -max(0, tw - w) - shift),
+                          min(shift + extra_x, extra_x + min(w, tw) // 2)))
+    oy = int(rng.integers(max(-th // 2, -max(0, th - h) - shift),
+                          min(shift + extra_y, extra_y + min(h, th) // 2)))
     out = np.zeros((th, tw, image.shape[2]), np.float32)
     ys, xs = slice(max(oy, 0), min(oy + th, h)), slice(max(ox, 0), min(ox + tw, w))
     out[ys.start - oy:ys.stop - oy, xs.start - ox:xs.stop - ox] = scaled[ys, xs]
     boxes = np.array(boxes, np.float64).reshape(-1, 4) / np.array([ow / w, oh / h, ow / w, oh / h])
     boxes[:, :2] -= (ox, oy)
-    corners = np.clip(np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1), 0, [tw, th, tw, th])
+    corners = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    corners = np.clip(corners, 0, [tw, th, tw, th])
     return out, np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
 
 
@@ -165,7 +169,8 @@ def resize_and_crop(config: DetectorAugmentation, rng: np.random.Generator, imag
 # torchvision's GeneralizedRCNNTransform, on the host
 
 def torchvision_transform(image: np.ndarray, boxes_xyxy: np.ndarray, min_size: int = detector_input.MIN_SIZE,
-                          max_size: int = detector_input.MAX_SIZE) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+                          max_size: int = detector_input.MAX_SIZE
+                          ) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
     """``(x - mean) / std``, bilinear resize (align_corners False, no antialiasing) to
     ``resized_size``, boxes times ``f32(new) / f32(old)``: ``(image, (h, w), boxes)``, unpadded
     (the batch pads to its largest /32 size)."""

@@ -50,7 +50,8 @@ def cases() -> dict:
               {'a.png': {'bboxes': [], 'scores': []}})
     perfect = ({'a.png': {'bboxes': [[10.5, 20.25, 50.0, 70.0]], 'width': 640, 'height': 480}},
                {'a.png': {'bboxes': [[10.5, 20.25, 50.0, 70.0]], 'scores': [0.99]}})
-    return {'mixed': (mixed_gt, mixed_det), 'no_ground_truth': no_gt, 'no_detection': no_det, 'perfect': perfect}
+    return {'mixed': (mixed_gt, mixed_det), 'no_ground_truth': no_gt, 'no_detection': no_det,
+            'perfect': perfect}
 
 
 def main() -> None:
@@ -66,11 +67,13 @@ def main() -> None:
            'versions': {'deeplabcut': deeplabcut.__version__, 'pycocotools': version('pycocotools'),
                         'numpy': np.__version__}, 'cases': {}}
     for name, (gt, det) in cases().items():
-        as_np = lambda d, key: {k: {**v, key: np.asarray(v[key], np.float64).reshape(-1, 4)} for k, v in d.items()}  # noqa: E731
-        det_np = {k: {'bboxes': np.asarray(v['bboxes'], np.float64).reshape(-1, 4), 'scores': np.asarray(v['scores'])}
-                  for k, v in det.items()}
-        metrics = compute_bbox_metrics(as_np(gt, 'bboxes'), det_np)
-        out['cases'][name] = {'ground_truth': gt, 'detections': det, 'metrics': {k: float(v) for k, v in metrics.items()}}
+        gt_np = {k: {**v, 'bboxes': np.asarray(v['bboxes'], np.float64).reshape(-1, 4)}
+                 for k, v in gt.items()}
+        det_np = {k: {'bboxes': np.asarray(v['bboxes'], np.float64).reshape(-1, 4),
+                      'scores': np.asarray(v['scores'])} for k, v in det.items()}
+        metrics = compute_bbox_metrics(gt_np, det_np)
+        out['cases'][name] = {'ground_truth': gt, 'detections': det,
+                              'metrics': {k: float(v) for k, v in metrics.items()}}
     with open(f'{args.out}/box_metrics_golden.json', 'w') as f:
         f.write(json.dumps(out, indent=1) + '\n')
 

@@ -31,10 +31,10 @@ import hashlib
 import json
 
 import numpy as np
-
-from _reference import DATA, ROOT, normalize_crops, synthetic
 from make_detector_fixtures import build_detector, frames
 from make_train_fixtures import store
+
+from _reference import DATA, ROOT, normalize_crops, synthetic
 
 FIXTURES = ROOT / 'tests' / 'fixtures'
 PROJECT = FIXTURES / 'openfield_project'
