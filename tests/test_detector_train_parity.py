@@ -11,7 +11,10 @@ with the reference's as sets.
 
 Float32 backpropagation through a ResNet-50-FPN rounds differently in every implementation, so
 float32 gradients and parameters are held to "no further from DeepLabCut's float64 result than
-DeepLabCut's own float32 run is"; float64 (``-m slow``) agrees to rounding.
+DeepLabCut's own float32 run is"; float64 agrees to rounding.  The float64 reference replays the
+float32 run's draws and proposals (see the fixture script), so all three runs take the same
+steps.  The train steps themselves (gradients, AdamW) are in the slow tier (``pytest -m slow``):
+a Faster R-CNN step costs tens of seconds on a 2-core CPU.
 """
 
 import hashlib
@@ -280,6 +283,7 @@ def relative_l2(value, reference) -> float:
     return float(np.sqrt(((value - reference) ** 2).sum() / max((reference ** 2).sum(), 1e-300)))
 
 
+@pytest.mark.slow  # Three minutes on 2 cores (three Faster R-CNN train steps compile and run): -m slow.
 def test_float32_gradients_as_accurate_as_torchvisions(ours32, golden):
     g, g64, _ = golden
     rows = []
@@ -297,6 +301,7 @@ def test_float32_gradients_as_accurate_as_torchvisions(ours32, golden):
     assert ours.max() <= 2 * own.max(), worst
 
 
+@pytest.mark.slow  # Shares the three steps above.
 def test_three_adamw_steps(ours32, golden):
     """Three AdamW steps on the same batch with the reference's draws, float32: each step's four
     losses and the parameters after three steps no further from DeepLabCut's float64 run of the
