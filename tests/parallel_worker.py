@@ -6,6 +6,7 @@ since JAX's device count is fixed when JAX starts).
     python tests/parallel_worker.py infer --devices 8 --model DIR --out DIR
     python tests/parallel_worker.py videos --devices 4 --model DIR --out DIR --videos DIR
     python tests/parallel_worker.py detector --devices 8 --out DIR
+    python tests/parallel_worker.py detector_train --devices 4 --out DIR
 
 ``train`` fine-tunes a tiny test model on the vendored openfield project (batch 8; see
 :func:`train_job`) and writes ``DIR/<run>-<process>.npz`` (final params, losses) and
@@ -26,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('job', choices=('train', 'infer', 'videos', 'detector', 'dlcrnet'))
+    parser.add_argument('job', choices=('train', 'infer', 'videos', 'detector', 'dlcrnet', 'detector_train'))
     parser.add_argument('--devices', type=int, required=True)
     parser.add_argument('--out', type=Path, required=True)
     parser.add_argument('--model', type=Path)
@@ -48,7 +49,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     args.out.mkdir(parents=True, exist_ok=True)
     {'train': train_job, 'infer': infer_job, 'videos': videos_job, 'detector': detector_job,
-     'dlcrnet': dlcrnet_job}[args.job](args)
+     'dlcrnet': dlcrnet_job, 'detector_train': detector_train_job}[args.job](args)
 
 
 def summary(x) -> dict:
@@ -157,6 +158,40 @@ def detector_job(args) -> None:
         arrays.update({f'{name}/{k}': np.asarray(v) for k, v in found.items()})
     np.savez(args.out / 'detector.npz', **arrays)
     (args.out / 'detector.json').write_text(json.dumps(report))
+
+
+def detector_train_job(args) -> None:
+    """Detector fine-tuning (the suite's synthetic weights, small images, no resize collate) with
+    batches of 4 split over every device, and on one device: final parameters and losses."""
+    import jax
+    import numpy as np
+
+    from superanimal_jax import parallel
+    from superanimal_jax.checkpoints import model_dir, synthetic
+    from superanimal_jax.checkpoints.convert import convert_detector_state
+    from superanimal_jax.checkpoints.rules import flatten
+    from superanimal_jax.training.detector_loop import DetectorTrainConfig, fine_tune_detector
+    from superanimal_jax.transforms.detector_augment import DetectorAugmentation
+
+    from conftest import OPENFIELD_PROJECT
+
+    variables = convert_detector_state(synthetic.fixture_state(HERE / 'fixtures', 'detector'))[0]
+    model = model_dir.write(args.out / 'source', {'detector': variables},
+                            {'detector': {'variant': 'fasterrcnn_resnet50_fpn_v2', 'num_classes': 2}})
+    config = DetectorTrainConfig(steps=args.steps, batch_size=4, min_size=128, max_size=171,
+                                 train_fraction=1.0, workers=1, log_interval=1,
+                                 augmentation=DetectorAugmentation(collate=False))
+    report = {}
+    for name, mesh in (('all', parallel.local_mesh()), ('one', parallel.data_mesh(jax.local_devices()[:1]))):
+        result = fine_tune_detector(OPENFIELD_PROJECT, model, args.out / name, config, progress=False,
+                                    mesh=mesh)
+        params = {k: np.asarray(v) for k, v in flatten(jax.device_get(result['state']['params'])).items()}
+        log = (args.out / name / 'log.jsonl').read_text().splitlines()
+        losses = [json.loads(line)['loss'] for line in log if '"loss"' in line]
+        np.savez(args.out / f'detector-{name}.npz', losses=np.array(losses), **params)
+        report[name] = {'params': summary(jax.tree_util.tree_leaves(result['state']['params'])[0]),
+                        'devices': mesh.size}
+    (args.out / 'detector_train.json').write_text(json.dumps(report))
 
 
 def dlcrnet_job(args) -> None:

@@ -159,6 +159,21 @@ def test_detector_on_8_devices_matches_1_device(tmp_path):
             np.testing.assert_array_equal(found[f'all/{name}'], found[f'one/{name}'], err_msg=name)
 
 
+@pytest.mark.slow  # Minutes on 2 cores: two detector fine-tuning runs (pytest -m slow).
+def test_detector_training_on_4_devices_matches_1_device(tmp_path):
+    """Batches of 4 split one frame a device: the samplers' keys and the loss normalisations are
+    over the global batch, so two steps end where one device's do (to float32 reduction order)."""
+    worker('detector_train', '--devices', '4', '--steps', '2', '--out', str(tmp_path))
+    report = json.loads((tmp_path / 'detector_train.json').read_text())
+    assert report['all']['devices'] == 4 and report['all']['params']['spec'] == 'P()'
+    assert report['one']['devices'] == 1
+    worst, _, leaves = compare_params(tmp_path / 'detector-all.npz', tmp_path / 'detector-one.npz')
+    assert leaves > 200 and worst < 1e-5, worst
+    with np.load(tmp_path / 'detector-all.npz') as a, np.load(tmp_path / 'detector-one.npz') as b:
+        assert len(a['losses']) == 2
+        np.testing.assert_allclose(a['losses'], b['losses'], rtol=1e-5)
+
+
 def test_dlcrnet_on_8_devices_matches_1_device(tmp_path):
     """The DLCRNet's batches split over 8 devices, like the other networks: peaks sharded one frame
     a device, keypoints as on one device (per-device batches of 1 and 8 pick other conv kernels:
