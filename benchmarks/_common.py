@@ -6,11 +6,13 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import jax
 
+ROOT = Path(__file__).resolve().parents[1]
 
 def write_clip(source: Path, path: Path, frames: int) -> Path:
     """The first ``frames`` frames of the video ``source``, re-encoded by OpenCV as MJPG at ``path``."""
@@ -68,3 +70,34 @@ def write_report(name: str, results: list, out: Path, tag: str = '') -> Path:
     path.write_text(json.dumps(report, indent=2) + '\n')
     print(f'wrote {path}')
     return path
+
+
+class ReferenceWorker:
+    """A benchmark's DeepLabCut side in its own environment (``.ref`` or ``.ref-tf``): the script
+    prints ``{"setup_s": ...}`` once, then answers each request line with one JSON line (its
+    timing); only one side runs at a time."""
+
+    def __init__(self, env: str, script: str, *args: str):
+        python = ROOT / env / 'bin' / 'python'
+        if not python.exists():
+            raise SystemExit(f'no {env}/: see ../shared/reference/README.md (and tensorflow/README.md)')
+        self.process = subprocess.Popen([str(python), str(ROOT / 'benchmarks' / script), *map(str, args)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        cwd=ROOT / 'tests' / 'reference')
+        self.setup_s = self._answer()['setup_s']
+
+    def _answer(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith('{'):
+                return json.loads(line)
+        raise RuntimeError(f'the reference worker {self.process.args[1]} stopped')
+
+    def ask(self, request: str) -> dict:
+        """Send one request line and return the worker's answer."""
+        self.process.stdin.write(request + '\n')
+        self.process.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)

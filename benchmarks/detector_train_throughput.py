@@ -20,8 +20,6 @@ whose transform runs inside the model.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -39,38 +37,20 @@ from superanimal_jax.training.project import read_project
 from superanimal_jax.training.step import init_state
 from superanimal_jax.transforms.detector_augment import DetectorAugmentation
 
-from _common import side_by_side, timed, write_report
+from _common import ReferenceWorker, side_by_side, timed, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ROOT.parent / 'shared' / 'data' / 'openfield'
 
 
-class Worker:
+class Worker(ReferenceWorker):
     """DeepLabCut's detector step in ``.ref/``, answering one timed run of N steps per request."""
 
     def __init__(self, batch: Path):
-        python = ROOT / '.ref' / 'bin' / 'python'
-        if not python.exists():
-            raise SystemExit('no .ref/: see ../shared/reference/README.md')
-        self.process = subprocess.Popen(
-            [str(python), str(ROOT / 'benchmarks' / '_detector_train_worker.py'), str(batch)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT / 'tests' / 'reference')
-        self.setup_s = self._answer()['setup_s']
-
-    def _answer(self) -> dict:
-        for line in self.process.stdout:
-            if line.startswith('{'):
-                return json.loads(line)
-        raise RuntimeError('the DeepLabCut worker stopped')
+        super().__init__('.ref', '_detector_train_worker.py', batch)
 
     def run(self, steps: int) -> float:
-        self.process.stdin.write(f'{steps}\n')
-        self.process.stdin.flush()
-        return self._answer()['run_s']
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
+        return self.ask(str(steps))['run_s']
 
 
 def main() -> None:

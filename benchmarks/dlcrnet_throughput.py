@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,38 +34,20 @@ import superanimal_jax  # noqa: E402
 from superanimal_jax.analysis.analyze import analyze_video  # noqa: E402
 from superanimal_jax.checkpoints import synthetic  # noqa: E402
 
-from _common import describe, side_by_side, timed, write_clip, write_report  # noqa: E402
+from _common import ReferenceWorker, describe, side_by_side, timed, write_clip, write_report  # noqa: E402
 
 VIDEO = ROOT.parent / 'shared' / 'data' / 'openfield' / 'videos' / 'm3v1mp4.mp4'
 FIXTURES = ROOT / 'tests' / 'fixtures'
 
 
-class Worker:
+class Worker(ReferenceWorker):
     """DeepLabCut's TF path in ``.ref-tf/``, answering one timed run per request."""
 
     def __init__(self, video: Path, batch_size: int):
-        python = ROOT / '.ref-tf' / 'bin' / 'python'
-        if not python.exists():
-            raise SystemExit('no .ref-tf/: see ../shared/reference/tensorflow/README.md')
-        self.process = subprocess.Popen(
-            [str(python), str(ROOT / 'benchmarks' / '_dlcrnet_tf_worker.py'), str(video), str(batch_size)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT / 'tests' / 'reference')
-        self.setup_s = self._answer()['setup_s']
-
-    def _answer(self) -> dict:
-        for line in self.process.stdout:
-            if line.startswith('{'):
-                return json.loads(line)
-        raise RuntimeError('the TF worker stopped')
+        super().__init__('.ref-tf', '_dlcrnet_tf_worker.py', video, batch_size)
 
     def run(self, scales: list[int]) -> float:
-        self.process.stdin.write(json.dumps(scales) + '\n')
-        self.process.stdin.flush()
-        return self._answer()['run_s']
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
+        return self.ask(json.dumps(scales))['run_s']
 
 
 def main() -> None:

@@ -119,9 +119,9 @@ def detector_losses(network, variables, images, image_sizes, gt_boxes, gt_valid,
     ``images (B, Hp, Wp, 3)``: :func:`training_inputs`' output (normalised, resized, padded),
     ``image_sizes (B, 2)`` each image's resized ``(h, w)`` inside the padding (traced: one
     compilation per padded size); ``gt_boxes (B, G, 4)`` xyxy in resized pixels with
-    ``gt_valid (B, G)``; ``key``: the samplers'
-    randomness (one split per image); ``image_valid (B,)``: False for padding rows of a short last
-    batch, which sample nothing and count for nothing.  ``injected`` (parity checks) replaces the
+    ``gt_valid (B, G)``; ``key``: the samplers' randomness (one split per image);
+    ``image_valid (B,)``: False for padding rows of a short last batch, which sample nothing and
+    count for nothing.  ``injected`` (parity checks) replaces the
     samplers and, optionally, the proposals: ``rpn_positive``/``rpn_negative`` ``(B, A)`` masks,
     ``proposals (B, P, 4)`` + ``proposal_valid (B, P)`` (ground truth already appended), and
     ``roi_index``/``roi_positive``/``roi_valid`` ``(B, 512)``.  ``with_details`` also returns

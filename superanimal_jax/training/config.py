@@ -42,17 +42,23 @@ class TrainConfig(DataConfig):
         if self.mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
         parallel.compute_dtype(self.compute_dtype)
-        if len(self.milestones) != len(self.milestone_lrs):
-            raise ValueError('milestones and milestone_lrs must have the same length')
-        for name in ('batch_size', 'epochs', 'eval_interval', 'save_interval', 'log_interval',
-                     'keep_checkpoints', 'workers'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        for name in ('steps', 'save_interval_steps'):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        check_run_settings(self)
         for name in ('crop_margin', 'prefetch'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
         if len(self.crop_size) != 2 or any(s < 32 or s % 32 for s in self.crop_size):
             raise ValueError(f'crop_size must be (width, height), multiples of 32, got {self.crop_size}')
+
+
+def check_run_settings(config) -> None:
+    """The settings every training run has (pose or detector): counts >= 1, one learning rate per
+    milestone."""
+    if len(config.milestones) != len(config.milestone_lrs):
+        raise ValueError('milestones and milestone_lrs must have the same length')
+    for name in ('batch_size', 'epochs', 'eval_interval', 'save_interval', 'log_interval', 'keep_checkpoints',
+                 'workers'):
+        if getattr(config, name) < 1:
+            raise ValueError(f'{name} must be >= 1, got {getattr(config, name)}')
+    for name in ('steps', 'save_interval_steps'):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise ValueError(f'{name} must be >= 1, got {getattr(config, name)}')

@@ -76,7 +76,37 @@ class DataConfig:
     prefetch: int = 2
 
 
-class TrainData:
+class ItemBatches:
+    """What the pose and the detector batch sources share: frames read once and then kept in
+    memory, a thread pool preparing items (``config.workers`` threads), resumable iterators."""
+
+    def __init__(self, read_image: Callable[[str], np.ndarray]):
+        self._read_image = read_image
+        self._frames: dict[str, np.ndarray] = {}
+
+    def frame(self, path: str) -> np.ndarray:
+        """The image at ``path``, read once and then kept in memory."""
+        if path not in self._frames:
+            self._frames[path] = self._read_image(path)
+        return self._frames[path]
+
+    def _pool(self) -> concurrent.futures.Executor:
+        if not hasattr(self, '_executor'):
+            self._executor = concurrent.futures.ThreadPoolExecutor(max(1, self.config.workers))
+        return self._executor
+
+    def close(self) -> None:
+        """Shut down the thread pool that prepares items, if one was started."""
+        if hasattr(self, '_executor'):
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            del self._executor
+
+    def iterator(self, state: dict | None = None, *, num_epochs: int | None = None) -> TrainIterator:
+        """A :class:`TrainIterator` from ``state`` (default: the start), stopping after ``num_epochs``."""
+        return TrainIterator(self, state, num_epochs=num_epochs)
+
+
+class TrainData(ItemBatches):
     """Deterministic, resumable batches of ``items`` (see docs/parity/training_data.md).
 
     ``read_image(path) -> uint8 RGB``; frames are cached in memory once read.  With
@@ -94,21 +124,15 @@ class TrainData:
             raise ValueError(f'batch size {config.batch_size} does not split over {process_count} processes')
         if not 0 <= process_index < process_count:
             raise ValueError(f'process index {process_index} is not in 0..{process_count - 1}')
+        super().__init__(read_image)
         self.items, self.config, self.seed = list(items), config, seed
         self.process_index, self.process_count = process_index, process_count
-        self._read_image, self.stride = read_image, stride
-        self._frames: dict[str, np.ndarray] = {}
+        self.stride = stride
         self.num_keypoints = int(self.items[0].keypoints.shape[0])
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.items) / self.config.batch_size)
-
-    def frame(self, path: str) -> np.ndarray:
-        """The image at ``path``, read once and then kept in memory."""
-        if path not in self._frames:
-            self._frames[path] = self._read_image(path)
-        return self._frames[path]
 
     def order(self, epoch: int) -> np.ndarray:
         """The item order of ``epoch``: a permutation drawn from ``(seed, epoch)``."""
@@ -159,27 +183,13 @@ class TrainData:
         weights[len(samples):] = 0  # Padding items: no loss, no count.
         return {'image': images, 'targets': targets, 'weights': weights}
 
-    def _pool(self) -> concurrent.futures.Executor:
-        if not hasattr(self, '_executor'):
-            self._executor = concurrent.futures.ThreadPoolExecutor(max(1, self.config.workers))
-        return self._executor
-
-    def close(self) -> None:
-        """Shut down the thread pool that prepares items, if one was started."""
-        if hasattr(self, '_executor'):
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            del self._executor
-
-    def iterator(self, state: dict | None = None, *, num_epochs: int | None = None) -> TrainIterator:
-        """A :class:`TrainIterator` from ``state`` (default: the start), stopping after ``num_epochs``."""
-        return TrainIterator(self, state, num_epochs=num_epochs)
 
 
 class TrainIterator:
     """Batches in order from ``{'epoch': e, 'step': s}``; :meth:`get_state` is the position of the
     next batch to be returned, so saving it with a checkpoint resumes exactly."""
 
-    def __init__(self, data: TrainData, state: dict | None = None, *, num_epochs: int | None = None):
+    def __init__(self, data: ItemBatches, state: dict | None = None, *, num_epochs: int | None = None):
         self.data, self.num_epochs = data, num_epochs
         state = state or {'epoch': 0, 'step': 0}
         self.epoch, self.step = int(state['epoch']), int(state['step'])

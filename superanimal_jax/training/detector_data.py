@@ -7,7 +7,6 @@ Parity with DeepLabCut: docs/parity/detector_training.md.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import math
 from typing import Callable
@@ -16,7 +15,7 @@ import numpy as np
 
 from superanimal_jax.constants import BBOX_MARGIN
 from superanimal_jax.io.images import read_image
-from superanimal_jax.training.data import TrainIterator, bbox_from_keypoints
+from superanimal_jax.training.data import ItemBatches, bbox_from_keypoints
 from superanimal_jax.transforms import detector_augment, detector_input
 from superanimal_jax.transforms.detector_augment import DetectorAugmentation
 
@@ -60,7 +59,7 @@ class DetectorDataConfig:
     prefetch: int = 2
 
 
-class DetectorData:
+class DetectorData(ItemBatches):
     """Deterministic, resumable detector batches of ``items``.
 
     ``batch(epoch, step)``: ``image (B, Hp, Wp, 3)`` after torchvision's transform (padded to /32),
@@ -77,10 +76,9 @@ class DetectorData:
             raise ValueError('no training images: the training split is empty')
         if config.batch_size < 1 or config.batch_size % process_count:
             raise ValueError(f'batch size {config.batch_size} does not split over {process_count} processes')
+        super().__init__(read_image)
         self.items, self.config, self.seed = list(items), config, seed
         self.process_index, self.process_count = process_index, process_count
-        self._read_image = read_image
-        self._frames: dict[str, np.ndarray] = {}
         self.max_boxes = max(1, max(len(item.boxes) for item in self.items))
 
     @property
@@ -90,12 +88,6 @@ class DetectorData:
     @property
     def local_batch_size(self) -> int:
         return self.config.batch_size // self.process_count
-
-    def frame(self, path: str) -> np.ndarray:
-        """The image at ``path``, read once and then kept in memory."""
-        if path not in self._frames:
-            self._frames[path] = self._read_image(path)
-        return self._frames[path]
 
     def order(self, epoch: int) -> np.ndarray:
         """The item order of ``epoch``: a permutation drawn from ``(seed, epoch)``."""
@@ -156,18 +148,3 @@ class DetectorData:
         sizes[len(samples):] = sizes[0] if samples else (hp, wp)
         return {'image': out, 'image_size': sizes, 'boxes': boxes, 'box_valid': valid,
                 'image_valid': np.arange(size) < len(samples)}
-
-    def _pool(self) -> concurrent.futures.Executor:
-        if not hasattr(self, '_executor'):
-            self._executor = concurrent.futures.ThreadPoolExecutor(max(1, self.config.workers))
-        return self._executor
-
-    def close(self) -> None:
-        """Shut down the thread pool that prepares items, if one was started."""
-        if hasattr(self, '_executor'):
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            del self._executor
-
-    def iterator(self, state: dict | None = None, *, num_epochs: int | None = None) -> TrainIterator:
-        """Batches in order from ``state`` (:class:`~superanimal_jax.training.data.TrainIterator`)."""
-        return TrainIterator(self, state, num_epochs=num_epochs)

@@ -23,11 +23,12 @@ from superanimal_jax.inference.detector import Detector
 from superanimal_jax.io.images import read_image
 from superanimal_jax.models.detector import DetectorNetwork
 from superanimal_jax.training.checkpoints import RunCheckpoints
+from superanimal_jax.training.config import check_run_settings
 from superanimal_jax.training.detector_data import DetectorData, DetectorDataConfig, detector_items
 from superanimal_jax.training.detector_evaluation import detector_ground_truth, evaluate_detector
 from superanimal_jax.training.detector_step import make_detector_train_step
 from superanimal_jax.training.optim import make_optimizer
-from superanimal_jax.training.project import Project, Split, read_project, write_split
+from superanimal_jax.training.project import Project, read_project, run_split
 from superanimal_jax.training.run_log import RunLog, check_run
 from superanimal_jax.training.step import init_state
 
@@ -56,15 +57,9 @@ class DetectorTrainConfig(DetectorDataConfig):
     nms_method: str = 'cpu'
 
     def __post_init__(self):
-        for name in ('batch_size', 'epochs', 'eval_interval', 'save_interval', 'log_interval',
-                     'keep_checkpoints', 'workers'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        for name in ('steps', 'save_interval_steps'):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        if len(self.milestones) != len(self.milestone_lrs):
-            raise ValueError('milestones and milestone_lrs must have the same length')
+        check_run_settings(self)
+        if self.prefetch < 0:
+            raise ValueError(f'prefetch must be >= 0, got {self.prefetch}')
 
 
 RUN_KEYS = ('batch_size', 'seed', 'split_seed', 'train_fraction', 'bbox_margin', 'augmentation', 'min_size',
@@ -99,10 +94,7 @@ def fine_tune_detector(project: str | Path | Project, model: str | Path, out: st
     if source.detector is None:
         raise ModelDirError(f'{model} has no detector to fine-tune')
     split_path = out / 'split.json'
-    if primary and not split_path.exists():
-        write_split(split_path, project.split(config.train_fraction, config.split_seed), project)
-    multihost_utils.sync_global_devices('superanimal_jax.fine_tune_detector: split written')
-    split = Split.from_json(json.loads(split_path.read_text()), project)
+    split = run_split(split_path, project, config.train_fraction, config.split_seed, primary)
     sizes = {f: read_image(project.image_path(f)).shape[:2] for f in split.train}
     items = detector_items(project, split.train, sizes=sizes, margin=config.bbox_margin)
     data = DetectorData(items, config, seed=config.seed, process_index=jax.process_index(),

@@ -26,7 +26,7 @@ from superanimal_jax.training.evaluation import evaluate_frames, pseudo_labels
 from superanimal_jax.training.export import export_model
 from superanimal_jax.training.modes import init_variables, make_items, make_task
 from superanimal_jax.training.optim import make_optimizer
-from superanimal_jax.training.project import Project, Split, read_project, write_split
+from superanimal_jax.training.project import Project, Split, read_project, run_split
 from superanimal_jax.training.run_log import RunLog, check_run
 from superanimal_jax.training.step import init_state, make_train_step
 
@@ -151,8 +151,6 @@ def _check_mesh(mesh, config: TrainConfig) -> None:
 
 def _prepare(project, model, out: Path, config: TrainConfig, primary: bool) -> _Run:
     """Project, source model, task, split (written once, reused on resume), items and batches."""
-    from jax.experimental import multihost_utils
-
     from superanimal_jax.inference.model import load  # The top of the inference layer, loaded at run time.
 
     project = project if isinstance(project, Project) else read_project(project)
@@ -160,11 +158,7 @@ def _prepare(project, model, out: Path, config: TrainConfig, primary: bool) -> _
     if source.pose is None:
         raise ModelDirError(f'{model} has no pose network to fine-tune')
     task = make_task(config.mode, project, source.pose.keypoint_names)
-    split_path = out / 'split.json'
-    if primary and not split_path.exists():
-        write_split(split_path, project.split(config.train_fraction, config.split_seed), project)
-    multihost_utils.sync_global_devices('superanimal_jax.train: split written')
-    split = Split.from_json(json.loads(split_path.read_text()), project)
+    split = run_split(out / 'split.json', project, config.train_fraction, config.split_seed, primary)
     sizes = {f: read_image(project.image_path(f)).shape[:2] for f in split.train}
     pseudo = None
     if config.mode == 'replay':

@@ -229,3 +229,16 @@ def read_project(path: str | Path, *, drop_unlabeled: bool = False) -> Project:
 def write_split(path: str | Path, split: Split, project: Project) -> None:
     """Write ``split`` to ``path`` as JSON (``split.json``, see :meth:`Split.to_json`)."""
     Path(path).write_text(json.dumps(split.to_json(project), indent=1) + '\n')
+
+
+def run_split(path: str | Path, project: Project, train_fraction: float | None, seed: int,
+              primary: bool) -> Split:
+    """A run's split: drawn and written to ``path`` (``split.json``) by the primary process the
+    first time, read back by every process (and on every resume)."""
+    from jax.experimental import multihost_utils
+
+    path = Path(path)
+    if primary and not path.exists():
+        write_split(path, project.split(train_fraction, seed), project)
+    multihost_utils.sync_global_devices(f'superanimal_jax: split {path} written')
+    return Split.from_json(json.loads(path.read_text()), project)
