@@ -125,7 +125,8 @@ def test_collate_size_follows_deeplabcut_rules():
 
 
 def test_antialiased_resize_matches_torch():
-    torch = pytest.importorskip('torch')
+    import torch  # A test dependency (pyproject's [test] extra): never skipped.
+
     image = np.random.default_rng(0).standard_normal((120, 160, 3)).astype(np.float32)
     for size in ((48, 64), (77, 101), (120, 160)):
         ours = detector_augment.resize_antialiased(image, *size)
