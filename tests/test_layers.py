@@ -78,3 +78,42 @@ def test_linear_kernel_matches_torch():
     ours = nn.Dense(4).apply({'params': {'kernel': linear_kernel(ref.weight.detach().numpy()),
                                          'bias': ref.bias.detach().numpy()}}, x)
     np.testing.assert_allclose(ours, ref(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('kernel,stride,size', [(3, 2, 101), (7, 2, 102), (1, 1, 50), (3, 1, 50)])
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_per_tap_kernel_gradient_equals_lax(kernel, stride, size, dtype):
+    """The custom kernel gradient (used from FAST_KERNEL_GRADIENT_FROM output positions) equals
+    lax's own convolution gradient, input gradient included, at each precision: float64 sums in
+    float64 (a float32 accumulator there once made float64 gradients float32-accurate)."""
+    import jax
+    from jax import lax
+
+    from superanimal_jax.nn import layers
+
+    pad = kernel // 2
+    x = RNG.standard_normal((4, size, size, 6)).astype(dtype)
+    w = RNG.standard_normal((kernel, kernel, 6, 5)).astype(dtype)
+    g = RNG.standard_normal((4, -(-size // stride), -(-size // stride), 5)).astype(dtype)
+    args = ((stride, stride), ((pad, pad), (pad, pad)))
+    assert x.shape[0] * x.shape[1] * x.shape[2] // stride ** 2 >= layers.FAST_KERNEL_GRADIENT_FROM
+    numbers = ('NHWC', 'HWIO', 'NHWC')
+
+    def ours(x, w):
+        return layers.conv_general_dilated(x, w, *args, dimension_numbers=numbers, precision='highest')
+
+    def reference(x, w):
+        return lax.conv_general_dilated(x, w, *args, dimension_numbers=numbers, precision='highest')
+
+    with jax.enable_x64(dtype == np.float64):
+        found = jax.vjp(ours, x, w)[1](g)
+        expected = jax.vjp(reference, x, w)[1](g)
+        exact = jax.vjp(reference, x.astype(np.float64), w.astype(np.float64))[1](g.astype(np.float64)) \
+            if dtype == np.float64 else expected
+        assert all(a.dtype == dtype for a in found)
+        found, expected, exact = ([np.asarray(a, np.float64) for a in t] for t in (found, expected, exact))
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    for a, b, c in zip(found, expected, exact):
+        scale = np.abs(c).max()
+        assert np.abs(a - c).max() <= tolerance * scale
+        assert np.abs(b - c).max() <= tolerance * scale

@@ -78,6 +78,7 @@ def _plain_conv_backward(strides, padding, precision, residuals, g):
     input_grad = input_vjp(g)[0]
     n, ho, wo, _ = g.shape
     padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    accumulate = jnp.result_type(x, g, jnp.float32)  # bfloat16 sums in float32, float64 in float64.
     taps = []
     for a in range(kh):
         for b in range(kw):
@@ -85,7 +86,7 @@ def _plain_conv_backward(strides, padding, precision, residuals, g):
                                 (n, a + strides[0] * (ho - 1) + 1, b + strides[1] * (wo - 1) + 1, x.shape[3]),
                                 (1, strides[0], strides[1], 1))
             taps.append(jnp.einsum('nhwi,nhwo->io', shifted, g, precision=precision,
-                                   preferred_element_type=jnp.float32))
+                                   preferred_element_type=accumulate))
     kernel_grad = jnp.stack(taps).reshape(w.shape).astype(w.dtype)
     return input_grad, kernel_grad
 
