@@ -115,6 +115,54 @@ def test_multiscale_vmaps_over_images(golden, pyramid):
     assert_exact(got[1], -2 * golden['multiscale/out'][::-1], 'image 1')  # Exact: scaling by -2.
 
 
+def assert_gradient_close(got, want, exact, what):
+    """float64: torchvision's float64 gradient to rounding.  float32: no further from torchvision's
+    float64 gradient than its own float32 one is (the scatter adds run in another order; within
+    1e-6 of the largest value where torchvision's float32 is exact)."""
+    scale = max(np.abs(exact).max(), 1e-300)  # An all-zero reference asks for an all-zero gradient.
+    error = np.abs(got - exact).max() / scale
+    if want.dtype == np.float64:
+        assert error <= 1e-13, (what, error)
+    else:
+        own = np.abs(want - exact).max() / scale
+        assert error <= max(2 * own, 1e-6), (what, error, own)
+
+
+@pytest.mark.parametrize('dtype', ('float32', 'float64'))
+@pytest.mark.parametrize('case', ALIGN_CASES)
+def test_roi_align_gradient_matches_torchvision(golden, case, dtype):
+    """The feature gradient (the backward kernel: each sample adds ``g * w / count`` to its four
+    corners; none for the boxes), float32 and float64, against torchvision's backward."""
+    g = {k.split('/')[-1]: v for k, v in golden.items() if k.startswith(f'align/{case}/')}
+    (features,) = regenerate(int(g['seed']), [g['shape']], str(g['sha256']))
+    cotangent = golden[f'grad/{case}/cotangent']
+    fn = functools.partial(ra.roi_align, rois=g['rois'].astype(dtype), spatial_scale=float(g['scale']),
+                           output_size=tuple(int(v) for v in g['output_size']),
+                           sampling_ratio=int(g['sampling_ratio']))
+    with jax.enable_x64(dtype == 'float64'):
+        _, vjp = jax.vjp(fn, features.astype(dtype))
+        (got,) = vjp(cotangent.astype(dtype))
+        assert got.dtype == dtype
+        got = np.asarray(got, np.float64)
+    assert_gradient_close(got, golden[f'grad/{case}/{dtype}'], golden[f'grad/{case}/float64'], case)
+
+
+@pytest.mark.parametrize('dtype', ('float32', 'float64'))
+def test_multiscale_gradient_matches_torchvision(golden, pyramid, dtype):
+    rois = golden['multiscale/rois']
+    cotangent = golden['grad/multiscale/cotangent']
+    with jax.enable_x64(dtype == 'float64'):
+        maps = [m.astype(dtype) for m in pyramid]
+        _, vjp = jax.vjp(lambda *levels: ra.multiscale_roi_align(levels, rois.astype(dtype)), *maps)
+        got = [np.asarray(a, np.float64) for a in vjp(cotangent.astype(dtype))]
+    for k, level in enumerate(got):
+        want = golden[f'grad/multiscale/{dtype}/{k}']
+        # Every level receives RoIs in float32; in float64 the RoIs at torchvision's float32 level-5
+        # threshold stay at level 4, as torchvision's float64 LevelMapper puts them.
+        assert np.count_nonzero(want) > 0.1 * want.size or (dtype == 'float64' and k == 3)
+        assert_gradient_close(level, want, golden[f'grad/multiscale/float64/{k}'], f'level {k}')
+
+
 @pytest.mark.parametrize('name', ('800x1066', '749x1333', '800x800'))
 def test_infer_scales_and_level_range(golden, name):
     scales = ra.infer_scales(golden[f'scales/{name}/shapes'], golden[f'scales/{name}/image'])

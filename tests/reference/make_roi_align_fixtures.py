@@ -17,6 +17,9 @@ the test regenerates them and checks their sha256.  torchvision is run on CPU, f
 * ``level/*``: ``LevelMapper(2, 5)`` on every float32 area within ``WINDOW`` ulps of each
   threshold (boxes ``(0, 0, area, 1)``), and on boxes whose sqrt(area) is exactly 112/224/448.
 * ``scales/<name>/*``: torchvision's ``_setup_scales`` on the detector's real pyramid shapes.
+* ``grad/*``: the backward pass (what Faster R-CNN training uses): for each ``align`` case and for
+  the ``multiscale`` pyramid, the feature gradient of ``sum(pooled * cotangent)`` with a random
+  ``cotangent`` (stored), in float32 and, from the same values in float64, float64.
 """
 
 from __future__ import annotations
@@ -131,19 +134,42 @@ def nchw(nhwc):
     return torch.from_numpy(np.ascontiguousarray(nhwc)).permute(2, 0, 1)[None].contiguous()
 
 
+def ieee_thresholds(k_min: int = 2, k_max: int = 5) -> list[np.float32]:
+    """For k = 3 .. 5, the smallest float32 area whose LevelMapper level (every step correctly
+    rounded float32) is >= k, by bisection over float32 bit patterns: where the windows centre.
+    (The reference environment has no JAX, so this is not imported from the package.)"""
+    def level(area: np.float32) -> float:
+        log2 = np.float32(np.log2(np.float64(np.sqrt(area) / np.float32(224))))
+        return float(np.floor((np.float32(4) + log2) + np.float32(1e-6)))
+
+    found = []
+    for k in range(k_min + 1, k_max + 1):
+        lo, hi = 0, int(np.float32(np.inf).view(np.int32))
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if level(np.int32(mid).view(np.float32)) >= k else (mid, hi)
+        found.append(np.int32(hi).view(np.float32))
+    return found
+
+
+def nchw_batch(nhwc):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(nhwc)).permute(0, 3, 1, 2).contiguous()
+
+
 def main() -> None:
     import torch
     import torchvision
     from torchvision.ops import MultiScaleRoIAlign, roi_align
     from torchvision.ops.poolers import LevelMapper, _setup_scales
 
-    from superanimal_jax.ops.roi_align import ieee_area_thresholds
-
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', required=True)
     args = parser.parse_args()
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
+    grad_rng = np.random.default_rng(1)  # Apart from ``rng``: the forward cases stay as they were.
     out = {}
 
     for name, (seed, shape, scale, size, ratio) in ALIGN_CASES.items():
@@ -155,11 +181,18 @@ def main() -> None:
                 'scale': np.float64(scale), 'output_size': np.int64(size), 'sampling_ratio': np.int64(ratio),
                 'rois': rois, 'out': pooled.permute(0, 2, 3, 1).numpy().copy()}
         out.update({f'align/{name}/{k}': v for k, v in case.items()})
+        cotangent = grad_rng.standard_normal(case['out'].shape, dtype=np.float32)
+        for dtype in (torch.float32, torch.float64):
+            x = nchw(feat).to(dtype).requires_grad_()
+            pooled = roi_align(x, boxes.to(dtype), size, scale, ratio, aligned=False)
+            pooled.backward(nchw_batch(cotangent).to(dtype))
+            out[f'grad/{name}/{str(dtype)[6:]}'] = x.grad[0].permute(1, 2, 0).numpy().copy()
+        out[f'grad/{name}/cotangent'] = cotangent
 
     # LevelMapper at every float32 area around each threshold, found here from torchvision itself.
     mapper = LevelMapper(2, 5)
     levels_of = lambda b: mapper([torch.from_numpy(np.float32(b))]).numpy()  # noqa: E731
-    ieee = np.float32(ieee_area_thresholds())
+    ieee = np.float32(ieee_thresholds())
     areas, levels = [], []
     for t in ieee:
         bits = t.view(np.int32) + np.arange(-WINDOW, WINDOW + 1, dtype=np.int32)
@@ -182,6 +215,14 @@ def main() -> None:
     x = {str(k): nchw(f) for k, f in enumerate(pyramid)}
     x['pool'] = torch.zeros(1, 16, 4, 5)  # Present in the detector's dict; not pooled.
     pooled = pooler(x, [torch.from_numpy(rois)], [IMAGE])
+    cotangent = grad_rng.standard_normal(tuple(pooled.permute(0, 2, 3, 1).shape), dtype=np.float32)
+    out['grad/multiscale/cotangent'] = cotangent
+    for dtype in (torch.float32, torch.float64):
+        levels = {str(k): nchw(f).to(dtype).requires_grad_() for k, f in enumerate(pyramid)}
+        again = pooler({**levels, 'pool': x['pool'].to(dtype)}, [torch.from_numpy(rois).to(dtype)], [IMAGE])
+        again.backward(nchw_batch(cotangent).to(dtype))
+        for k, level in levels.items():
+            out[f'grad/multiscale/{str(dtype)[6:]}/{k}'] = level.grad[0].permute(1, 2, 0).numpy().copy()
     out.update({'multiscale/seed': np.int64(PYRAMID_SEED), 'multiscale/shapes': np.int64(PYRAMID),
                 'multiscale/sha256': np.str_(digest(*pyramid)), 'multiscale/image': np.int64(IMAGE),
                 'multiscale/rois': rois,
