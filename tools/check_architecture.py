@@ -28,6 +28,7 @@ LAYERS = [
     {'checkpoints'},
     {'inference'},
     {'analysis', 'training'},
+    {'adaptation'},
     {'cli'},
 ]
 LEVEL = {part: i for i, layer in enumerate(LAYERS) for part in layer}

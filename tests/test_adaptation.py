@@ -1,0 +1,87 @@
+"""Video adaptation: pseudo-labels against DeepLabCut's own ``pseudo_label.py``.
+
+Goldens: ``tests/reference/make_pseudo_label_fixtures.py`` (DeepLabCut 3.0.2's
+``dlc3predictions_2_annotation_from_video`` on a seeded first-pass json, three threshold settings).
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from superanimal_jax.adaptation.pseudo_labels import (frame_name, pseudo_labels, read_predictions,
+                                                      selected_frames)
+
+from conftest import FIXTURES
+
+GOLDENS = ('pseudo_labels/manifest.json',)
+PSEUDO = FIXTURES / 'pseudo_labels'
+
+
+@pytest.fixture(scope='module')
+def manifest():
+    return json.loads((PSEUDO / 'manifest.json').read_text())
+
+
+@pytest.mark.parametrize('setting', ('default', 'loose', 'strict'))
+def test_pseudo_labels_equal_deeplabcuts(manifest, setting, tmp_path):
+    """The same COCO train/test sets, byte for byte once written, from the same first-pass json."""
+    thresholds = manifest['settings'][setting]
+    ours = pseudo_labels(read_predictions(PSEUDO / 'predictions.json'), manifest['frame_size'],
+                         manifest['bodyparts'], pose_threshold=thresholds['pose_threshold'],
+                         bbox_threshold=thresholds['bbox_threshold'])
+    paths = ours.write(tmp_path / 'pseudo')
+    for split in ('train', 'test'):
+        want = (PSEUDO / setting / f'{split}.json').read_text()
+        assert getattr(ours, split) == json.loads(want), split
+        assert paths[split].read_text() == want, split
+    assert [image['file_name'] for image in ours.train['images']] == [frame_name(f) for f in ours.frames]
+    assert ours.num_annotations == len(json.loads((PSEUDO / setting / 'train.json').read_text())['annotations'])
+
+
+def test_the_goldens_cover_deeplabcuts_quirks(manifest):
+    """What the fixture shows: skipped image ids, a test.json whose images and annotations do not
+    match, masked keypoints 'visible' at (0, 0), the w * y area."""
+    train = json.loads((PSEUDO / 'default' / 'train.json').read_text())
+    test = json.loads((PSEUDO / 'default' / 'test.json').read_text())
+    ids = [image['id'] for image in train['images']]
+    assert ids != list(range(len(ids)))  # Frames where nobody was kept leave gaps.
+    assert len(train['annotations']) > 10 and len(test['annotations']) == 10
+    assert {a['image_id'] for a in test['annotations']} != {image['id'] for image in test['images']}
+    keypoints = np.array([a['keypoints'] for a in train['annotations']]).reshape(-1, 3)
+    assert (keypoints[:, 2] == 2).all() and ((keypoints[:, 0] == 0) & (keypoints[:, 1] == 0)).any()
+    box = train['annotations'][0]['bbox']
+    assert train['annotations'][0]['area'] == box[2] * box[1]
+
+
+def test_frames_are_chosen_by_name_as_deeplabcut_sorts_them():
+    np.testing.assert_array_equal(selected_frames(35), [0, 10, 20, 30])
+    np.testing.assert_array_equal(selected_frames(35, order='frames'), [0, 10, 20, 30])
+    # Past 99,999 frames the names sort out of time order: frame_100000 comes after frame_10000.
+    by_name = selected_frames(100_012, every=1)
+    np.testing.assert_array_equal(by_name[10_000:10_004], [10_000, 100_000, 100_001, 100_002])
+    assert selected_frames(100_012).tolist() != selected_frames(100_012, order='frames').tolist()
+    with pytest.raises(ValueError, match='order must be'):
+        selected_frames(10, order='time')
+
+
+def test_undecoded_frames_and_bad_input(manifest, tmp_path):
+    predictions = read_predictions(PSEUDO / 'predictions.json')
+    full = pseudo_labels(predictions, manifest['frame_size'], manifest['bodyparts'])
+    first = full.frames[0]
+    gaps = pseudo_labels([None if i == first else p for i, p in enumerate(predictions)],
+                         manifest['frame_size'], manifest['bodyparts'])
+    assert first not in gaps.frames and gaps.frames == full.frames[1:]
+    shorter = pseudo_labels(predictions, manifest['frame_size'], manifest['bodyparts'], num_frames=first + 1)
+    assert shorter.frames == (first,)
+    with pytest.raises(ValueError, match='SuperAnimal'):
+        pseudo_labels(predictions, manifest['frame_size'], manifest['bodyparts'], superanimal_name='mouse')
+    broken = dict(predictions[0], bbox_scores=[0.99])
+    with pytest.raises(ValueError, match='3 poses, 3 boxes and 1 box scores'):
+        pseudo_labels([broken], manifest['frame_size'], manifest['bodyparts'])
+    (tmp_path / 'bad.json').write_text('{"bodyparts": []}')
+    with pytest.raises(ValueError, match='not a list of per-frame predictions'):
+        read_predictions(tmp_path / 'bad.json')
+    (tmp_path / 'cut.json').write_text('[{"bodyparts": ')
+    with pytest.raises(ValueError, match='cannot read the first-pass predictions'):
+        read_predictions(tmp_path / 'cut.json')
