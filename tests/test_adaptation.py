@@ -9,8 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from superanimal_jax.adaptation.pseudo_labels import (frame_name, pseudo_labels, read_predictions,
-                                                      selected_frames)
+from superanimal_jax.adaptation.pseudo_labels import (
+    frame_name,
+    pseudo_labels,
+    read_predictions,
+    selected_frames,
+)
 
 from conftest import FIXTURES
 
@@ -36,7 +40,8 @@ def test_pseudo_labels_equal_deeplabcuts(manifest, setting, tmp_path):
         assert getattr(ours, split) == json.loads(want), split
         assert paths[split].read_text() == want, split
     assert [image['file_name'] for image in ours.train['images']] == [frame_name(f) for f in ours.frames]
-    assert ours.num_annotations == len(json.loads((PSEUDO / setting / 'train.json').read_text())['annotations'])
+    golden_train = json.loads((PSEUDO / setting / 'train.json').read_text())
+    assert ours.num_annotations == len(golden_train['annotations'])
 
 
 def test_the_goldens_cover_deeplabcuts_quirks(manifest):

@@ -208,8 +208,8 @@ def _pool(table, index, weight, inside, pooled_h: int, pooled_w: int, n: int):
     val = None
     for c in range(4):
         # The select is both the out-of-range rule and the guard against fused multiply-adds.
-        term = jnp.where(inside[..., None], weight[c][..., None] * table.at[index[c]].get(mode='promise_in_bounds'),
-                         0)
+        corner = table.at[index[c]].get(mode='promise_in_bounds')
+        term = jnp.where(inside[..., None], weight[c][..., None] * corner, 0)
         val = term if val is None else val + term
     val = val.reshape(val.shape[0], pooled_h, n, pooled_w, n, val.shape[-1])
     total = None

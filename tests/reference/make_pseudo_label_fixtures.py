@@ -5,8 +5,9 @@
 
 Writes ``tests/fixtures/pseudo_labels/``: ``predictions.json`` (a first pass's
 ``_before_adapt.json``: 131 frames of 3 individuals, float32 values as our writer stores them,
-made here from a seeded generator; only the frames DeepLabCut selects, every 10th, hold animals), and for each threshold setting ``<name>/train.json`` and
-``<name>/test.json`` as DeepLabCut writes them, plus ``manifest.json`` (frame size, settings,
+made here from a seeded generator; only the frames DeepLabCut selects, every 10th, hold
+animals), and for each threshold setting ``<name>/train.json`` and ``<name>/test.json`` as
+DeepLabCut writes them, plus ``manifest.json`` (frame size, settings,
 bodyparts, versions).  The predictions mix what the selection has to get right: padding
 individuals (-1 everywhere), box scores just above, at and below 0.9, keypoint scores around
 0.1, frames where nobody is kept (their image ids are skipped), and more than ten annotations
