@@ -249,7 +249,18 @@ def at_stored(value: np.ndarray, key: str, g: dict) -> np.ndarray:
     return value.ravel() if index is None else value.ravel()[index]
 
 
-def three_steps(network, variables, batch, golden_steps: dict, dtype=np.float32) -> dict:
+def boxes_in(batch, g: dict, dtype) -> np.ndarray:
+    """The batch's xyxy boxes as the reference's run of that dtype has them: DeepLabCut adds
+    ``x + w`` in the tensors' dtype, so the float64 run's corners are not the float32 ones."""
+    if dtype == np.float32:
+        return batch['boxes']
+    xywh = g['boxes_xywh'].astype(dtype)  # Stored in float64 with the float32 golden.
+    xyxy = np.concatenate([xywh[..., :2], xywh[..., :2] + xywh[..., 2:]], axis=-1)
+    return np.where(batch['box_valid'][..., None], xyxy, 0)
+
+
+def three_steps(network, variables, batch, golden_steps: dict, boxes: np.ndarray, dtype=np.float32) -> dict:
+    """Three AdamW steps on the batch with ``golden_steps``' draws and proposals injected."""
     optimizer = make_optimizer(TrainConfig(learning_rate=1e-5, weight_decay=0.01), variables['params'],
                                steps_per_epoch=1000)
     cast = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), tree)  # noqa: E731
@@ -257,7 +268,7 @@ def three_steps(network, variables, batch, golden_steps: dict, dtype=np.float32)
     step = make_detector_train_step(network, optimizer, with_grads=True)
     losses, grads = [], None
     x, size, boxes = jax.jit(lambda i, b: training_inputs(i, b, min_size=400, max_size=667))(
-        np.asarray(batch['image'], dtype), np.asarray(batch['boxes'], dtype))
+        np.asarray(batch['image'], dtype), boxes)
     data = {'image': x, 'image_size': np.tile(np.int32(size), (len(x), 1)), 'boxes': boxes,
             'box_valid': batch['box_valid']}
     for s in range(3):
@@ -274,7 +285,7 @@ def three_steps(network, variables, batch, golden_steps: dict, dtype=np.float32)
 def ours32(network_and_variables, batch, golden):
     g, _, _ = golden
     network, variables = network_and_variables
-    run = three_steps(network, variables, batch, g)
+    run = three_steps(network, variables, batch, g, batch['boxes'])
     return {**run, 'grads': torch_view(run['grads'], g['leaf_keys']),
             'params': torch_view(run['params'], g['leaf_keys'])}
 
@@ -335,11 +346,15 @@ def test_three_adamw_steps(ours32, golden):
 def test_float64_steps_equal_deeplabcut_float64(network_and_variables, batch, golden):
     """In float64, with the same draws and proposals as DeepLabCut's float64 run, the two
     implementations agree to rounding: each step's losses, every gradient leaf, and the
-    parameters after three AdamW steps."""
+    parameters after three AdamW steps.  One exception is torch's: the RPN's labels are float32,
+    and ``binary_cross_entropy_with_logits`` of float64 logits with float32 targets computes the
+    loss *value* in float32 (its gradient stays float64), so the reported objectness loss is
+    held to float32 rounding."""
     g, g64, _ = golden
     _, variables = network_and_variables
     with jax.enable_x64(True):
-        run = three_steps(DetectorNetwork(dtype=jnp.float64), variables, batch, g, dtype=np.float64)
+        run = three_steps(DetectorNetwork(dtype=jnp.float64), variables, batch, g64,
+                          boxes_in(batch, g, np.float64), dtype=np.float64)
     exact = np.stack([g64[f'{s}/losses'] for s in range(3)])
     losses = np.abs(run['losses'] - exact) / np.abs(exact)
     grads_view = torch_view(run['grads'], g['leaf_keys'])
@@ -348,6 +363,10 @@ def test_float64_steps_equal_deeplabcut_float64(network_and_variables, batch, go
                       / max(float(g64['grad_maxabs'][j]), 1e-300) for j, k in enumerate(g['leaf_keys'])])
     params = np.array([np.abs(at_stored(params_view[str(k)], str(k), g) - g64[f'params3/{k}'].ravel()).max()
                        / max(float(g64['params3_maxabs'][j]), 1e-300) for j, k in enumerate(g['leaf_keys'])])
-    print(f'\nfloat64: losses relative error max {losses.max():.1e}; gradients relative max-abs median '
-          f'{np.median(grads):.1e} max {grads.max():.1e}; params after 3 steps max {params.max():.1e}')
-    assert losses.max() <= 1e-7 and grads.max() <= 1e-6 and params.max() <= 1e-6
+    print(f'\nfloat64: losses relative error per step and loss {losses.tolist()}; gradients relative '
+          f'max-abs median {np.median(grads):.1e} max {grads.max():.1e}; params after 3 steps max '
+          f'{params.max():.1e}')
+    objectness = LOSSES.index('loss_objectness')
+    assert np.delete(losses, objectness, axis=1).max() <= 1e-12, losses
+    assert losses[:, objectness].max() <= 2e-7, losses
+    assert grads.max() <= 1e-10 and params.max() <= 1e-10
