@@ -191,7 +191,61 @@ def detector_train_job(args) -> None:
         np.savez(args.out / f'detector-{name}.npz', losses=np.array(losses), **params)
         report[name] = {'params': summary(jax.tree_util.tree_leaves(result['state']['params'])[0]),
                         'devices': mesh.size}
+    report['float64'] = detector_float64_step(args, model, config)
     (args.out / 'detector_train.json').write_text(json.dumps(report))
+
+
+def detector_float64_step(args, model, config) -> dict:
+    """One float64 train step on the run's first batch (same step key), over every device and on
+    one: losses and gradients to ``DIR/detector-float64.npz``.  In float32 the two programs' last-bit
+    differences can flip a near-tie in NMS or the samplers' top-k; in float64 they cannot."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from superanimal_jax import parallel
+    from superanimal_jax.checkpoints.rules import flatten
+    from superanimal_jax.inference.model import load
+    from superanimal_jax.io.images import read_image
+    from superanimal_jax.models.detector import DetectorNetwork
+    from superanimal_jax.models.detector_training import LOSSES
+    from superanimal_jax.training.detector_data import DetectorData, detector_items
+    from superanimal_jax.training.detector_step import make_detector_train_step
+    from superanimal_jax.training.optim import make_optimizer
+    from superanimal_jax.training.project import read_project, run_split
+    from superanimal_jax.training.step import init_state
+
+    from conftest import OPENFIELD_PROJECT
+
+    project = read_project(OPENFIELD_PROJECT)
+    split = run_split(args.out / 'one' / 'split.json', project, config.train_fraction, config.split_seed,
+                      True)
+    sizes = {f: read_image(project.image_path(f)).shape[:2] for f in split.train}
+    items = detector_items(project, split.train, sizes=sizes, margin=config.bbox_margin)
+    data = DetectorData(items, config, seed=config.seed)
+    iterator = data.iterator(None, num_epochs=1)
+    batch = next(iterator)
+    iterator.close()
+    data.close()
+    del batch['epoch'], batch['epoch_step']
+    found = {}
+    with jax.enable_x64(True):
+        variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
+                                           load(model).detector.variables)
+        batch = {k: np.asarray(v, np.float64) if v.dtype == np.float32 else v for k, v in batch.items()}
+        optimizer = make_optimizer(config, variables['params'], data.steps_per_epoch)
+        meshes = (('all', parallel.local_mesh()), ('one', parallel.data_mesh(jax.local_devices()[:1])))
+        for name, mesh in meshes:
+            step = make_detector_train_step(DetectorNetwork(dtype=jnp.float64), optimizer, with_grads=True,
+                                            mesh=mesh)
+            state = init_state(variables['params'], optimizer, config.seed, mesh)
+            stats = parallel.put_replicated(variables['batch_stats'], mesh)
+            _, metrics = step(state, stats, parallel.global_batch(batch, mesh))
+            metrics = jax.device_get(metrics)
+            found[f'{name}/losses'] = np.array([metrics[k] for k in ('loss', *LOSSES)])
+            found.update({f'{name}/grad/{k}': np.asarray(v) for k, v in flatten(metrics['grads']).items()})
+    np.savez(args.out / 'detector-float64.npz', **found)
+    return {'image': str(np.asarray(batch['image']).shape)}
 
 
 def dlcrnet_job(args) -> None:

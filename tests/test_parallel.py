@@ -162,16 +162,28 @@ def test_detector_on_8_devices_matches_1_device(tmp_path):
 @pytest.mark.slow  # Minutes on 2 cores: two detector fine-tuning runs (pytest -m slow).
 def test_detector_training_on_4_devices_matches_1_device(tmp_path):
     """Batches of 4 split one frame a device: the samplers' keys and the loss normalisations are
-    over the global batch, so two steps end where one device's do (to float32 reduction order)."""
+    over the global batch, so a step over 4 devices is the step on one.  Shown in float64, where
+    the two programs' rounding cannot flip a choice: losses and every gradient to rounding.  In
+    float32 a last-bit difference between the programs (other convolution kernels for batches of
+    1 and 4) can flip a near-tie in NMS or the samplers, and Adam's first steps move every weight
+    by about +-lr whatever its gradient: two float32 steps agree in their losses, and no weight is
+    further apart than those moves allow."""
     worker('detector_train', '--devices', '4', '--steps', '2', '--out', str(tmp_path))
     report = json.loads((tmp_path / 'detector_train.json').read_text())
     assert report['all']['devices'] == 4 and report['all']['params']['spec'] == 'P()'
     assert report['one']['devices'] == 1
-    worst, _, leaves = compare_params(tmp_path / 'detector-all.npz', tmp_path / 'detector-one.npz')
-    assert leaves > 200 and worst < 1e-5, worst
+    with np.load(tmp_path / 'detector-float64.npz') as found:
+        np.testing.assert_allclose(found['all/losses'], found['one/losses'], rtol=1e-12)
+        names = [k.removeprefix('one/grad/') for k in found.files if k.startswith('one/grad/')]
+        assert len(names) > 200
+        worst = max(max_relative(found[f'all/grad/{k}'], found[f'one/grad/{k}']) for k in names)
+        assert worst < 1e-10, worst
     with np.load(tmp_path / 'detector-all.npz') as a, np.load(tmp_path / 'detector-one.npz') as b:
         assert len(a['losses']) == 2
-        np.testing.assert_allclose(a['losses'], b['losses'], rtol=1e-5)
+        np.testing.assert_allclose(a['losses'][0], b['losses'][0], rtol=1e-4)
+        np.testing.assert_allclose(a['losses'][1], b['losses'][1], rtol=1e-2)
+        moved = max(np.abs(a[k] - b[k]).max() for k in a.files if k != 'losses')
+        assert moved <= 2 * 2 * 1e-5 * 1.01, moved  # Two steps of lr 1e-5, each way.
 
 
 def test_dlcrnet_on_8_devices_matches_1_device(tmp_path):
