@@ -90,3 +90,69 @@ def test_undecoded_frames_and_bad_input(manifest, tmp_path):
     (tmp_path / 'cut.json').write_text('[{"bodyparts": ')
     with pytest.raises(ValueError, match='cannot read the first-pass predictions'):
         read_predictions(tmp_path / 'cut.json')
+
+
+def test_adaptation_items_from_the_pseudo_labels(manifest):
+    """A pose item per annotation (its detector box, DeepLabCut's fake visible (0, 0) points), a
+    detector item per frame with all its boxes."""
+    from superanimal_jax.adaptation.data import detector_items, frame_index, pose_items
+
+    labels = pseudo_labels(read_predictions(PSEUDO / 'predictions.json'), manifest['frame_size'],
+                           manifest['bodyparts'], pose_threshold=0.1, bbox_threshold=0.9)
+    items = pose_items(labels)
+    assert len(items) == labels.num_annotations
+    for item, annotation in zip(items, labels.train['annotations']):
+        assert frame_index(item.image) in labels.frames
+        np.testing.assert_array_equal(item.bbox, annotation['bbox'])
+        np.testing.assert_array_equal(item.keypoints.reshape(-1), annotation['keypoints'])
+    assert any(((i.keypoints[:, :2] == 0).all(1) & (i.keypoints[:, 2] == 2)).any() for i in items)
+    boxes = detector_items(labels)
+    assert [frame_index(b.image) for b in boxes] == list(labels.frames)
+    assert sum(len(b.boxes) for b in boxes) == labels.num_annotations
+    with pytest.raises(ValueError, match='not a frame name'):
+        frame_index('img0001.png')
+
+
+def test_pose_items_crop_around_their_own_box(tmp_path):
+    """An item with a box is cropped around that box (clipped to the frame), not around its
+    keypoints plus the project margin."""
+    from superanimal_jax.training.data import DataConfig, Item, TrainData
+    from superanimal_jax.transforms.augment import TrainAugmentation
+
+    image = np.zeros((100, 200, 3), np.uint8)
+    keypoints = np.array([[150.0, 50.0, 2.0], [0.0, 0.0, 2.0], [160.0, 60.0, 1.0]])
+    config = DataConfig(batch_size=1, augmentation=TrainAugmentation.off(), workers=1)
+    boxed = TrainData([Item('f', keypoints, np.array([140.0, 40.0, 80.0, 30.0]))], config,
+                      read_image=lambda _: image)
+    sample = boxed.sample(0, None)
+    # The box clipped to the frame: x 140..200, y 40..70.
+    normalised = TrainData([Item('f', keypoints, np.array([140.0, 40.0, 60.0, 30.0]))], config,
+                           read_image=lambda _: image).sample(0, None)
+    for key in ('image', 'keypoints', 'offsets', 'scales'):
+        np.testing.assert_array_equal(sample[key], normalised[key])
+    assert sample['scales'][0] == pytest.approx(60 / 256)
+    assert sample['keypoints'][1, 2] == 0  # The fake (0, 0) point lies outside this crop.
+    plain = TrainData([Item('f', keypoints)], config, read_image=lambda _: image).sample(0, None)
+    assert plain['scales'][0] != pytest.approx(sample['scales'][0])
+
+
+def test_video_frames_are_the_sequentially_decoded_frames(tmp_path):
+    import cv2
+
+    from superanimal_jax.adaptation.data import VideoFrames
+    from superanimal_jax.adaptation.pseudo_labels import frame_name
+    from superanimal_jax.errors import VideoError
+
+    from fakes import write_video
+
+    video = write_video(tmp_path / 'clip.avi', 25)
+    capture = cv2.VideoCapture(str(video))
+    decoded = [capture.read()[1][..., ::-1] for _ in range(25)]
+    capture.release()
+    frames = VideoFrames(video, [0, 10, 20])
+    for i in (20, 0, 10):
+        np.testing.assert_array_equal(frames(frame_name(i)), decoded[i])
+    with pytest.raises(KeyError, match='not one of the pseudo-labelled frames'):
+        frames(frame_name(5))
+    with pytest.raises(VideoError, match=r'frames \[30\] could not be decoded'):
+        VideoFrames(video, [10, 30])(frame_name(10))

@@ -33,12 +33,22 @@ def bbox_from_keypoints(keypoints: np.ndarray, height: int, width: int, margin: 
     return np.concatenate([box[:2], box[2:] - box[:2]])
 
 
+def clip_box(bbox: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A COCO xywh box clipped to the frame (DeepLabCut's ``_compute_crop_bounds``): float64 xywh."""
+    x, y, w, h = np.asarray(bbox, np.float64)
+    box = np.clip([x, y, x + w, y + h], 0, [width, height, width, height])
+    return np.concatenate([box[:2], box[2:] - box[:2]])
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One training item: a frame and one individual's ``(K, 3)`` keypoints in frame pixels."""
+    """One training item: a frame and one individual's ``(K, 3)`` keypoints in frame pixels, and
+    optionally its box (COCO xywh, frame pixels: video adaptation crops around the detector's
+    box; without one, the box is the keypoints' plus ``bbox_margin``, as for projects)."""
 
     image: str
     keypoints: np.ndarray
+    bbox: np.ndarray | None = None
 
 
 def crop_item(image: np.ndarray, keypoints: np.ndarray, bbox: np.ndarray, *,
@@ -145,7 +155,8 @@ class TrainData(ItemBatches):
         image = self.frame(item.image)
         h, w = image.shape[:2]
         keypoints = np.array(item.keypoints, np.float64)
-        bbox = bbox_from_keypoints(keypoints, h, w, self.config.bbox_margin)
+        bbox = (bbox_from_keypoints(keypoints, h, w, self.config.bbox_margin) if item.bbox is None
+                else clip_box(item.bbox, h, w))
         aug = self.config.augmentation if rng is not None else TrainAugmentation.off()
         image, xy, visible, boxes = augment(aug, rng if rng is not None else np.random.default_rng(0),
                                             image, np.where(keypoints[:, 2:] > 0, keypoints[:, :2], np.nan),
