@@ -221,6 +221,26 @@ def test_proposals_are_the_same_set(network_and_variables, batch, golden):
         assert ours64.max() <= max(0.01, 2 * own64.max())
 
 
+@pytest.mark.slow  # A float64 forward pass compiles (about 30 s) and takes 4 GB: pytest -m slow.
+def test_float64_proposals_are_deeplabcuts_float64_set(network_and_variables, batch, golden):
+    """In float64, where the RPN's rounding noise is gone, our 2,000 proposals per image are
+    DeepLabCut's float64 ones: one to one, every box within 1e-6 px (the float32 near-ties in
+    NMS and the large boxes' delta noise above do not arise)."""
+    g, g64, manifest = golden
+    _, variables = network_and_variables
+    with jax.enable_x64(True):
+        b64 = {**batch, 'boxes': boxes_in(batch, g, np.float64)}
+        _, details = losses_and_details(DetectorNetwork(dtype=jnp.float64), variables, b64, manifest, None,
+                                        dtype=np.float64)
+    for i in range(len(FRAMES)):
+        exact = g64[f'0/{i}/native_proposals']
+        ours = details['proposals'][i][:2000][details['proposal_valid'][i][:2000]]
+        assert len(ours) == len(exact) == 2000
+        index, error = nearest(ours, exact)
+        print(f'\nimage {i}: float64 proposals, max |ours - DLC float64| {error.max():.1e} px')
+        assert len(set(index)) == len(exact) and error.max() <= 1e-6
+
+
 # ------------------------------------------------------------------------------------------------
 # Gradients and three AdamW steps
 

@@ -177,6 +177,9 @@ def test_detector_training_on_4_devices_matches_1_device(tmp_path):
         names = [k.removeprefix('one/grad/') for k in found.files if k.startswith('one/grad/')]
         assert len(names) > 200
         worst = max(max_relative(found[f'all/grad/{k}'], found[f'one/grad/{k}']) for k in names)
+        losses = np.abs(found['all/losses'] - found['one/losses']) / np.abs(found['one/losses'])
+        print(f'\nfloat64, 4 devices vs 1: losses {losses.max():.1e}, gradients (worst leaf, relative '
+              f'max-abs) {worst:.1e}')
         assert worst < 1e-10, worst
     with np.load(tmp_path / 'detector-all.npz') as a, np.load(tmp_path / 'detector-one.npz') as b:
         assert len(a['losses']) == 2
