@@ -24,7 +24,12 @@ from superanimal_jax.io.images import read_image
 from superanimal_jax.models.detector import DetectorNetwork
 from superanimal_jax.training.checkpoints import RunCheckpoints
 from superanimal_jax.training.config import check_run_settings
-from superanimal_jax.training.detector_data import DetectorData, DetectorDataConfig, detector_items
+from superanimal_jax.training.detector_data import (
+    DetectorData,
+    DetectorDataConfig,
+    DetectorItem,
+    detector_items,
+)
 from superanimal_jax.training.detector_evaluation import detector_ground_truth, evaluate_detector
 from superanimal_jax.training.detector_step import make_detector_train_step
 from superanimal_jax.training.optim import make_optimizer
@@ -78,31 +83,56 @@ def fine_tune_detector(project: str | Path | Project, model: str | Path, out: st
     reads).  Data parallel over ``mesh`` (default: every device); the batch size must be a
     multiple of its device count.  Returns the last evaluation, the state and the paths.
     """
-    from jax.experimental import multihost_utils
-
-    from superanimal_jax.inference.model import load
-
-    mesh = mesh or parallel.global_mesh()
-    if config.batch_size % mesh.size:
-        raise ValueError(f'batch size {config.batch_size} does not split over the {mesh.size} devices of the '
-                         f'mesh: use a multiple of {mesh.size}')
+    mesh = _training_mesh(config, mesh)  # Settings refused before anything is written.
     primary = jax.process_index() == 0
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     project = project if isinstance(project, Project) else read_project(project)
-    source = load(model)
-    if source.detector is None:
-        raise ModelDirError(f'{model} has no detector to fine-tune')
     split_path = out / 'split.json'
     split = run_split(split_path, project, config.train_fraction, config.split_seed, primary)
     sizes = {f: read_image(project.image_path(f)).shape[:2] for f in split.train}
     items = detector_items(project, split.train, sizes=sizes, margin=config.bbox_margin)
-    data = DetectorData(items, config, seed=config.seed, process_index=jax.process_index(),
-                        process_count=jax.process_count())
+    test_truth = detector_ground_truth(project, split.test, config.bbox_margin) if split.test else {}
+    result = train_detector(items, model, out, config, test_truth=test_truth, callbacks=callbacks,
+                            progress=progress, mesh=mesh, metadata={'project': str(project.path)})
+    result['paths']['split'] = split_path
+    return {**result, 'split': split}
+
+
+def _training_mesh(config: DetectorTrainConfig, mesh):
+    mesh = mesh or parallel.global_mesh()
+    if config.batch_size % mesh.size:
+        raise ValueError(f'batch size {config.batch_size} does not split over the {mesh.size} devices of the '
+                         f'mesh: use a multiple of {mesh.size}')
+    return mesh
+
+
+def train_detector(items: Sequence[DetectorItem], model: str | Path, out: str | Path,
+                   config: DetectorTrainConfig = DetectorTrainConfig(), *,
+                   read_image: Callable[[str], np.ndarray] = read_image, test_truth: dict | None = None,
+                   callbacks: Sequence[Callable[[int, dict], None]] = (), progress: bool = True, mesh=None,
+                   metadata: dict | None = None, desc: str = 'train detector') -> dict:
+    """Train the detector of the model directory ``model`` on ``items`` (frames read by
+    ``read_image``), writing to ``out`` as :func:`fine_tune_detector` does; evaluated on
+    ``test_truth`` (:func:`~superanimal_jax.training.detector_evaluation.detector_ground_truth`)
+    when given.  ``metadata`` is recorded with the exported model."""
+    from jax.experimental import multihost_utils
+
+    from superanimal_jax.inference.model import load
+
+    mesh = _training_mesh(config, mesh)
+    primary = jax.process_index() == 0
+    out = Path(out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    source = load(model)
+    if source.detector is None:
+        raise ModelDirError(f'{model} has no detector to fine-tune')
+    test_truth = test_truth or {}
+    data = DetectorData(list(items), config, seed=config.seed, read_image=read_image,
+                        process_index=jax.process_index(), process_count=jax.process_count())
     total_steps = config.steps or config.epochs * data.steps_per_epoch
     if primary:
         check_run(out, config, model, len(items), RUN_KEYS)
-    test_truth = detector_ground_truth(project, split.test, config.bbox_margin) if split.test else {}
 
     variables = source.detector.variables
     batch_stats = parallel.put_replicated(jax.tree_util.tree_map(np.asarray, variables['batch_stats']), mesh)
@@ -140,7 +170,7 @@ def fine_tune_detector(project: str | Path | Project, model: str | Path, out: st
     save_every = config.save_interval_steps or config.save_interval * data.steps_per_epoch
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=start, desc='train detector', unit='step',
+    bar = tqdm(total=total_steps, initial=start, desc=desc, unit='step',
                disable=not (progress and primary))
     try:
         for step in range(start, total_steps):
@@ -173,10 +203,8 @@ def fine_tune_detector(project: str | Path | Project, model: str | Path, out: st
         checkpoints.close()
     if not record:
         record = next((r for r in reversed(log.records()) if 'epoch' in r and 'loss' not in r), {})
-    paths = {'log': out / 'log.jsonl', 'split': split_path, 'checkpoints': out / 'checkpoints',
-             'model': out / 'model'}
-    metadata = {'project': str(project.path), 'source_model': str(Path(model).absolute()),
-                'steps': total_steps,
+    paths = {'log': out / 'log.jsonl', 'checkpoints': out / 'checkpoints', 'model': out / 'model'}
+    metadata = {**(metadata or {}), 'source_model': str(Path(model).absolute()), 'steps': total_steps,
                 'config': json.loads(json.dumps(dataclasses.asdict(config)))}
     local_stats = parallel.local_copy(batch_stats)
     if primary:
@@ -190,7 +218,7 @@ def fine_tune_detector(project: str | Path | Project, model: str | Path, out: st
                                                           'batch_stats': local_stats},
                             {**metadata, 'best_step': best[0]})
     multihost_utils.sync_global_devices('superanimal_jax.fine_tune_detector: done')
-    return {'metrics': record, 'state': state, 'paths': paths, 'split': split}
+    return {'metrics': record, 'state': state, 'paths': paths}
 
 
 def export_detector(path: Path, source, variables: dict, training: dict) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
+import numpy as np
 
 from superanimal_jax import parallel
 from superanimal_jax.errors import ModelDirError, NonFiniteLossError
@@ -21,10 +22,10 @@ from superanimal_jax.io.images import read_image
 from superanimal_jax.models.pose import PoseNetwork
 from superanimal_jax.training.checkpoints import RunCheckpoints
 from superanimal_jax.training.config import TrainConfig
-from superanimal_jax.training.data import TrainData
+from superanimal_jax.training.data import Item, TrainData
 from superanimal_jax.training.evaluation import evaluate_frames, pseudo_labels
 from superanimal_jax.training.export import export_model
-from superanimal_jax.training.modes import init_variables, make_items, make_task
+from superanimal_jax.training.modes import Task, init_variables, make_items, make_task
 from superanimal_jax.training.optim import make_optimizer
 from superanimal_jax.training.project import Project, Split, read_project, run_split
 from superanimal_jax.training.run_log import RunLog, check_run
@@ -33,15 +34,17 @@ from superanimal_jax.training.step import init_state, make_train_step
 
 @dataclasses.dataclass
 class _Run:
-    """What :func:`train` prepares before the first step."""
+    """What :func:`train` (a project) or :func:`train_items` (items alone) prepares before the
+    first step."""
 
-    project: Project
+    project: Project | None  # None: no evaluation, nothing selected by project frames.
     source: object  # The loaded source model (a SuperAnimalModel).
     task: object
-    split: Split
+    split: Split | None
     data: TrainData
     total_steps: int
     num_epochs: int
+    metadata: dict  # Recorded with the exported model.
 
 
 def train(project: str | Path | Project, model: str | Path, out: str | Path,
@@ -59,18 +62,59 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path,
     block of every batch, and process 0 writes the files (orbax writes the checkpoints from
     all); ``out`` must be a folder every process sees.  A run may resume on another number of
     devices."""
-    from jax.experimental import multihost_utils
+    mesh = mesh or parallel.global_mesh()
+    _check_mesh(mesh, config)
+    primary = jax.process_index() == 0
+    out = Path(out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    run = _prepare(project, model, out, config, primary)
+    return _fit(run, model, out, config, callbacks=callbacks, progress=progress, mesh=mesh)
+
+
+def train_items(items: Sequence[Item], model: str | Path, out: str | Path,
+                config: TrainConfig = TrainConfig(), *, read_image: Callable[[str], np.ndarray] = read_image,
+                callbacks: Sequence[Callable[[int, dict], None]] = (), progress: bool = True, mesh=None,
+                metadata: dict | None = None, desc: str = 'train') -> dict:
+    """Train the pose model of the model directory ``model`` on ``items`` (frames read by
+    ``read_image``; each item's keypoints in the model's own keypoint order), writing to ``out``
+    as :func:`train` does, without evaluation (video adaptation: DeepLabCut's 4 epochs evaluate
+    nothing).  The head is kept as it is (every model keypoint trains)."""
+    from superanimal_jax.inference.model import load
 
     mesh = mesh or parallel.global_mesh()
     _check_mesh(mesh, config)
     primary = jax.process_index() == 0
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    source = load(model)
+    if source.pose is None:
+        raise ModelDirError(f'{model} has no pose network to fine-tune')
+    names = tuple(source.pose.keypoint_names)
+    wrong = [item.image for item in items if item.keypoints.shape != (len(names), 3)]
+    if wrong:
+        raise ValueError(f'items must hold ({len(names)}, 3) keypoints, the model\'s; {wrong[:3]} do not')
+    empty = np.zeros(0, np.int64)
+    task = Task('adapt', names, (), empty, empty, None)
+    data = TrainData(list(items), config, seed=config.seed, stride=source.pose.config.stride,
+                     read_image=read_image, process_index=jax.process_index(),
+                     process_count=jax.process_count())
+    total_steps = config.steps or config.epochs * data.steps_per_epoch
+    if primary:
+        check_run(out, config, model, len(items))
+    run = _Run(None, source, task, None, data, total_steps, math.ceil(total_steps / data.steps_per_epoch),
+               metadata or {})
+    return _fit(run, model, out, config, callbacks=callbacks, progress=progress, mesh=mesh, desc=desc)
 
-    run = _prepare(project, model, out, config, primary)
+
+def _fit(run: _Run, model, out: Path, config: TrainConfig, *, callbacks, progress: bool, mesh,
+         desc: str = 'train') -> dict:
+    """The training loop of a prepared run: checkpoints, evaluation, export."""
+    from jax.experimental import multihost_utils
+
+    primary = jax.process_index() == 0
     pose_config = dataclasses.replace(run.source.pose.config, num_keypoints=len(run.task.keypoint_names))
     dtype = parallel.compute_dtype(config.compute_dtype)
-    variables = init_variables(config.mode, run.source.pose.variables, run.task.source_channels,
+    variables = init_variables(run.task.mode, run.source.pose.variables, run.task.source_channels,
                                len(run.task.keypoint_names), config.seed)
     batch_stats = parallel.put_replicated(variables['batch_stats'], mesh)
     optimizer = make_optimizer(config, variables['params'], run.data.steps_per_epoch)
@@ -90,9 +134,11 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path,
     eval_cache: dict = {}
 
     def evaluate_now(step: int, epoch: int) -> dict:
+        record = {'step': step, 'epoch': epoch}
+        if run.project is None:
+            return record
         pose = evaluator.with_variables({'params': parallel.local_copy(state['params']),
                                          'batch_stats': local_batch_stats})
-        record = {'step': step, 'epoch': epoch}
         for name, frames in (('train', run.split.train), ('test', run.split.test)):
             if frames:
                 m = evaluate_frames(pose, run.project, frames, run.task, bbox_margin=config.bbox_margin,
@@ -101,12 +147,12 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path,
         log.write(record)
         return record
 
-    if start == 0:  # The starting point, for the plot and for comparison.
+    if start == 0 and run.project is not None:  # The starting point, for the plot and for comparison.
         evaluate_now(0, 0)
     record = {}
     iterator = run.data.iterator(data_state, num_epochs=run.num_epochs)
     logger = _StepLogger(log, config.log_interval, run.total_steps, callbacks, start,
-                         progress=progress and primary)
+                         progress=progress and primary, desc=desc)
     save_every = config.save_interval_steps or config.save_interval * run.data.steps_per_epoch
     try:
         for step in range(start, run.total_steps):
@@ -120,7 +166,7 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path,
                 logger.flush()
             if (end_of_epoch and (epoch + 1) % config.eval_interval == 0) or done:
                 record = evaluate_now(step + 1, epoch + 1)
-                if run.split.test:
+                if run.split is not None and run.split.test:
                     checkpoints.save_best(step + 1, state['params'], record)
             if (step + 1) % save_every == 0 or done:
                 logger.flush()  # Never checkpoint a state whose loss is unchecked.
@@ -171,22 +217,25 @@ def _prepare(project, model, out: Path, config: TrainConfig, primary: bool) -> _
     if primary:
         check_run(out, config, model, len(items))
     return _Run(project, source, task, split, data, total_steps,
-                math.ceil(total_steps / data.steps_per_epoch))
+                math.ceil(total_steps / data.steps_per_epoch), {'project': str(project.path)})
 
 
 def _finalise(out: Path, run: _Run, config: TrainConfig, model, pose_config, state, batch_stats,
               checkpoints: RunCheckpoints, log: RunLog, primary: bool) -> dict:
     """``OUT/model`` (and ``OUT/model-best``) model directories and ``OUT/training.png``."""
-    paths = {'log': out / 'log.jsonl', 'split': out / 'split.json', 'checkpoints': out / 'checkpoints',
+    paths = {'log': out / 'log.jsonl', 'checkpoints': out / 'checkpoints',
              'model': out / 'model', 'plot': out / 'training.png'}
-    metadata = {'mode': config.mode, 'project': str(run.project.path),
+    if run.split is not None:
+        paths['split'] = out / 'split.json'
+    metadata = {**run.metadata, 'mode': run.task.mode,
                 'source_model': str(Path(model).absolute()),
                 'config': json.loads(json.dumps(dataclasses.asdict(config))), 'steps': run.total_steps}
     if primary:
         export_model(paths['model'], run.source, pose_config,
                      {'params': parallel.local_copy(state['params']), 'batch_stats': batch_stats}, run.task,
                      metadata)
-    best = checkpoints.best_params(state['params']) if run.split.test else None  # Every process restores.
+    tested = run.split is not None and run.split.test
+    best = checkpoints.best_params(state['params']) if tested else None  # Every process restores.
     if best is not None:
         best_step, best_params = best
         paths['model_best'] = out / 'model-best'
@@ -205,11 +254,12 @@ class _StepLogger:
     """Checks each step's loss one step late (so the host never waits for the device), logs every
     ``interval`` steps, runs the callbacks and drives the progress bar."""
 
-    def __init__(self, log: RunLog, interval: int, total: int, callbacks, start: int, *, progress: bool):
+    def __init__(self, log: RunLog, interval: int, total: int, callbacks, start: int, *, progress: bool,
+                 desc: str = 'train'):
         from tqdm.auto import tqdm
 
         self.log, self.interval, self.total, self.callbacks = log, interval, total, callbacks
-        self.bar = tqdm(total=total, initial=start, desc='train', unit='step', disable=not progress)
+        self.bar = tqdm(total=total, initial=start, desc=desc, unit='step', disable=not progress)
         self.pending = None
 
     def push(self, step: int, epoch: int, metrics) -> None:
