@@ -29,7 +29,7 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
                   bbox_threshold: float = 0.9, labeled_video: bool = False, csv: bool = False,
                   plot_trajectories: bool = False, start: int = 0, stop: int | None = None,
                   scorer: str = SUPERANIMAL_SCORER, progress: bool = True, network: str | None = None,
-                  scales: Sequence[int] | None = None) -> dict[str, Path]:
+                  scales: Sequence[int] | None = None, stage: str = 'before_adapt') -> dict[str, Path]:
     """SuperAnimal-TopViewMouse poses for frames ``[start, stop)`` of ``video``.
 
     ``model`` is a :class:`superanimal_jax.SuperAnimalModel`; ``network`` picks its pipeline
@@ -38,7 +38,9 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     Top-down: writes ``<stem>_<scorer>.h5`` (and ``.csv`` with ``csv``),
     ``<stem>_<scorer>_before_adapt.json``, with ``labeled_video``
     ``<stem>_<scorer>_labeled_before_adapt.mp4`` (keypoints with likelihood above ``pcutoff``,
-    boxes scoring at least ``bbox_threshold``) and with ``plot_trajectories``
+    boxes scoring at least ``bbox_threshold``; ``stage='after_adapt'``: DeepLabCut's names after
+    video adaptation, ``..._after_adapt.json`` and ``..._labeled_after_adapt.mp4``) and with
+    ``plot_trajectories``
     ``<stem>_<scorer>_trajectories.png``, in ``out_dir`` (default: the video's folder; made, with
     its parents, if missing).  Returns the paths written.  With a frame range, row ``i`` of the
     results is frame ``start + i`` of the video.
@@ -59,13 +61,13 @@ def analyze_video(video: str | os.PathLike, model, out_dir: str | os.PathLike | 
     with contextlib.ExitStack() as stack:
         # Exits in reverse order: the labeled video is committed (or discarded) before the results.
         writer = stack.enter_context(ResultWriter(out_dir, stem, bodyparts, max_individuals, scorer=scorer,
-                                                  csv=csv))
+                                                  csv=csv, stage=stage))
         labeled = None
         if labeled_video:
             from superanimal_jax.analysis.plotting import LabeledVideoWriter
 
             labeled = stack.enter_context(LabeledVideoWriter(
-                out_dir / f'{stem}_{scorer}_labeled_before_adapt.mp4', reader.fps,
+                out_dir / f'{stem}_{scorer}_labeled_{stage}.mp4', reader.fps,
                 (reader.width, reader.height), pcutoff=pcutoff, bbox_threshold=bbox_threshold))
 
         def write(batch, predictions) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from superanimal_jax.io.files import hidden_temporary
 
 SUPERANIMAL_SCORER = 'superanimal_topviewmouse_hrnet_w32_fasterrcnn_resnet50_fpn_v2'
-JSON_SUFFIX = '_before_adapt.json'
+STAGES = ('before_adapt', 'after_adapt')  # DeepLabCut's suffixes: first pass, after video adaptation.
 
 
 def output_folder(path: str | os.PathLike) -> Path:
@@ -31,15 +31,19 @@ def output_folder(path: str | os.PathLike) -> Path:
 
 
 def result_paths(out_dir: str | os.PathLike, stem: str, scorer: str = SUPERANIMAL_SCORER, *,
-                 csv: bool = False, json_file: bool = True, separator: str = '_') -> dict[str, Path]:
+                 csv: bool = False, json_file: bool = True, separator: str = '_',
+                 stage: str = 'before_adapt') -> dict[str, Path]:
     """Final paths of the results for ``stem`` (``h5``, and ``csv`` / ``json`` when asked):
-    ``<stem><separator><scorer>.h5`` (DeepLabCut's TF engine puts no separator)."""
+    ``<stem><separator><scorer>.h5`` (DeepLabCut's TF engine puts no separator), the json
+    ``..._<stage>.json`` (``stage``: one of :data:`STAGES`)."""
+    if stage not in STAGES:
+        raise ValueError(f'stage must be one of {STAGES}, not {stage!r}')
     base = Path(out_dir) / f'{stem}{separator}{scorer}'
     paths = {'h5': base.with_name(base.name + '.h5')}
     if csv:
         paths['csv'] = base.with_name(base.name + '.csv')
     if json_file:
-        paths['json'] = base.with_name(base.name + JSON_SUFFIX)
+        paths['json'] = base.with_name(f'{base.name}_{stage}.json')
     return paths
 
 
@@ -105,12 +109,14 @@ class ResultWriter:
 
     def __init__(self, out_dir: str | os.PathLike, stem: str, bodyparts, max_individuals: int | None, *,
                  scorer: str = SUPERANIMAL_SCORER, csv: bool = False, json_file: bool = True,
-                 chunk_rows: int = 1000, separator: str = '_', row_names=None, dtype=np.float32):
+                 chunk_rows: int = 1000, separator: str = '_', row_names=None, dtype=np.float32,
+                 stage: str = 'before_adapt'):
         out_dir = Path(out_dir)
         if not out_dir.is_dir():
             raise OSError(f'output folder {out_dir} does not exist')
         json_file = json_file and max_individuals is not None
-        self.paths = result_paths(out_dir, stem, scorer, csv=csv, json_file=json_file, separator=separator)
+        self.paths = result_paths(out_dir, stem, scorer, csv=csv, json_file=json_file, separator=separator,
+                                  stage=stage)
         self.temps = {k: hidden_temporary(p) for k, p in self.paths.items()}
         self.columns = columns(scorer, bodyparts, max_individuals)
         self.shape = (len(bodyparts),) if max_individuals is None else (max_individuals, len(bodyparts))
