@@ -77,10 +77,12 @@ def _analyze(args) -> int:
 
         output_folder(args.out)  # Made before the model loads; a file in the way fails here.
     _distributed(args)
-    model = superanimal_jax.load(_model_dir(args), dtype=args.dtype)
-    network = model.network(args.network)
     videos = [p for p in inputs if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
     images = [p for p in inputs if p not in videos]
+    if args.video_adapt:
+        return _video_adapt(args, videos, images)
+    model = superanimal_jax.load(_model_dir(args), dtype=args.dtype)
+    network = model.network(args.network)
     if images and network == 'dlcrnet':
         raise ValueError('the DLCRNet analyses videos (DeepLabCut\'s SuperAnimal TF path is video-only); '
                          f'not images: {", ".join(map(str, images[:3]))}')
@@ -98,6 +100,29 @@ def _analyze(args) -> int:
         out = args.out or (images[0] if images[0].is_dir() else images[0].parent)
         results = analyze_images(images, model, out, labeled=args.labeled_video, **options)
         print(f'analysed {len(results)} images, results in {out}')
+    return 0
+
+
+def _video_adapt(args, videos, images) -> int:
+    from superanimal_jax.adaptation.adapt import AdaptConfig, adapt_video
+
+    if images:
+        raise ValueError(f'--video-adapt adapts to videos, not images: {", ".join(map(str, images[:3]))}')
+    if args.network == 'dlcrnet' or args.scales is not None or args.start or args.stop is not None:
+        raise ValueError('--video-adapt runs the top-down model on whole videos: no --network dlcrnet, '
+                         '--scales, --start or --stop')
+    config = AdaptConfig(pseudo_threshold=args.pseudo_threshold, bbox_threshold=args.bbox_threshold,
+                         detector_epochs=args.detector_epochs, pose_epochs=args.pose_epochs,
+                         batch_size=args.adapt_batch_size)
+    model = _model_dir(args)
+    for video in videos:
+        result = adapt_video(video, model, args.out, config, max_individuals=args.max_individuals,
+                             batch_size=args.batch_size, pcutoff=args.pcutoff,
+                             labeled_video=args.labeled_video, csv=args.csv)
+        for stage in ('before', 'after'):
+            for path in result[stage].values():
+                print(f'wrote {path}')
+        print(f'adapted model: {result["model"]}')
     return 0
 
 
@@ -242,6 +267,17 @@ def _analyze_command(commands) -> None:
                          help='DLCRNet: frame heights to run at and merge (default: H-50 H H+50)')
     analyze.add_argument('--start', type=int, default=0, metavar='FRAME', help='first frame to analyse')
     analyze.add_argument('--stop', type=int, metavar='FRAME', help='analyse up to this frame (exclusive)')
+    adapt = analyze.add_argument_group('video adaptation (DeepLabCut\'s video_adapt=True)')
+    adapt.add_argument('--video-adapt', action='store_true',
+                       help='adapt the detector and then the pose model to each video on its own confident '
+                       'predictions, then analyse it again (_after_adapt files)')
+    adapt.add_argument('--pseudo-threshold', type=float, default=0.1, metavar='P',
+                       help='keypoints scoring below become (0, 0) in the pseudo-labels (default 0.1)')
+    adapt.add_argument('--bbox-threshold', type=float, default=0.9, metavar='P',
+                       help='individuals whose box scores below are left out (default 0.9)')
+    adapt.add_argument('--detector-epochs', type=int, default=4, metavar='N', help='default 4')
+    adapt.add_argument('--pose-epochs', type=int, default=4, metavar='N', help='default 4')
+    adapt.add_argument('--adapt-batch-size', type=int, default=8, metavar='N', help='default 8')
     _add_scaling_options(analyze)
     analyze.set_defaults(run=_analyze)
 

@@ -39,6 +39,10 @@ class ProjectError(SuperAnimalError, ValueError):
     """A DeepLabCut project is missing, malformed or inconsistent."""
 
 
+class AdaptationError(SuperAnimalError, ValueError):
+    """Video adaptation cannot go on: no frame of the first pass yields a pseudo-label."""
+
+
 class NonFiniteLossError(SuperAnimalError, ValueError):
     """The loss became NaN or infinite; the message names the step."""
 

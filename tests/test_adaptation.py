@@ -156,3 +156,91 @@ def test_video_frames_are_the_sequentially_decoded_frames(tmp_path):
         frames(frame_name(5))
     with pytest.raises(VideoError, match=r'frames \[30\] could not be decoded'):
         VideoFrames(video, [10, 30])(frame_name(10))
+
+
+def test_adapted_scorer_is_deeplabcuts():
+    from superanimal_jax.adaptation.adapt import AdaptConfig, adapted_scorer
+
+    assert adapted_scorer(AdaptConfig()) == ('superanimal_topviewmouse_snapshot-hrnet_w32-004_'
+                                             'snapshot-fasterrcnn_resnet50_fpn_v2-004')
+    assert adapted_scorer(AdaptConfig(pose_epochs=12, detector_epochs=2)) == (
+        'superanimal_topviewmouse_snapshot-hrnet_w32-012_snapshot-fasterrcnn_resnet50_fpn_v2-002')
+    with pytest.raises(ValueError, match='>= 0'):
+        AdaptConfig(pose_epochs=-1)
+
+
+def test_video_adapt_refuses_images_and_frame_ranges(tmp_path, capsys):
+    """Bad combinations fail before any model is loaded or anything written."""
+    import cv2
+
+    from superanimal_jax import cli
+
+    from fakes import write_video
+
+    video = write_video(tmp_path / 'clip.avi', 3)
+    image = tmp_path / 'frame.png'
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    model = ['--model', str(tmp_path / 'none')]
+    assert cli.main(['analyze', str(video), str(image), '--video-adapt', *model]) == 2
+    assert 'adapts to videos, not images' in capsys.readouterr().err
+    assert cli.main(['analyze', str(video), '--video-adapt', '--start', '1', *model]) == 2
+    assert 'no --network dlcrnet, --scales, --start or --stop' in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['clip.avi', 'frame.png']
+
+
+@pytest.fixture(scope='module')
+def adapt_model(detector_variables, tiny_model_dir, tmp_path_factory):
+    """The synthetic detector with the tiny pose network (27 keypoints)."""
+    import superanimal_jax
+    from superanimal_jax.checkpoints import model_dir
+
+    pose = superanimal_jax.load(tiny_model_dir)
+    return model_dir.write(tmp_path_factory.mktemp('adapt') / 'model',
+                           {'detector': detector_variables, 'pose': pose.pose.variables},
+                           {'detector': {'variant': 'fasterrcnn_resnet50_fpn_v2', 'num_classes': 2},
+                            'pose': {'variant': 'hrnet_tiny', 'num_keypoints': 27, 'stride': 4,
+                                     'keypoints': list(pose.keypoint_names)}})
+
+
+@pytest.mark.slow  # Two passes of the Faster R-CNN on CPU and a detector train step: minutes.
+def test_video_adaptation_end_to_end(adapt_model, tmp_path):
+    """A whole adaptation on a short clip: DeepLabCut's file names before and after, its COCO
+    pseudo-label files, an adapted model whose weights moved, and a clear error (nothing written as
+    adapted) when no box passes the threshold."""
+    import pandas as pd
+
+    from superanimal_jax.adaptation.adapt import AdaptConfig, adapt_video
+    from superanimal_jax.errors import AdaptationError
+
+    from fakes import write_video
+
+    video = write_video(tmp_path / 'clip.avi', 12)
+    out = tmp_path / 'out'
+    with pytest.raises(AdaptationError, match='no frame of'):
+        adapt_video(video, adapt_model, out, AdaptConfig(bbox_threshold=1.01), max_individuals=2,
+                    progress=False)
+    assert not any('after_adapt' in p.name for p in out.iterdir())
+    config = AdaptConfig(bbox_threshold=0.0, pseudo_threshold=0.0, detector_epochs=1, pose_epochs=1,
+                         batch_size=2, workers=1)
+    result = adapt_video(video, adapt_model, out, config, max_individuals=2, progress=False)
+    base = 'clip_superanimal_topviewmouse_'
+    assert result['before']['h5'].name == base + 'hrnet_w32_fasterrcnn_resnet50_fpn_v2.h5'
+    adapted_base = base + 'snapshot-hrnet_w32-001_snapshot-fasterrcnn_resnet50_fpn_v2-001'
+    assert result['after']['h5'].name == adapted_base + '.h5'
+    assert result['after']['json'].name == adapted_base + '_after_adapt.json'
+    assert (out / 'pseudo_clip' / 'annotations' / 'train.json').exists()
+    train = json.loads(result['pseudo_labels']['train'].read_text())
+    assert [image['file_name'] for image in train['images']] == ['frame_00000.png', 'frame_00010.png']
+    before = pd.read_hdf(result['before']['h5'])
+    after = pd.read_hdf(result['after']['h5'])
+    assert before.shape == after.shape == (12, 2 * 27 * 3)
+    assert not np.allclose(before.to_numpy(), after.to_numpy(), equal_nan=True)
+    import superanimal_jax
+
+    adapted = superanimal_jax.load(result['model'])
+    source = superanimal_jax.load(adapt_model)
+    moved = lambda a, b: not np.array_equal(np.asarray(a), np.asarray(b))  # noqa: E731
+    assert moved(adapted.pose.variables['params']['head']['deconv']['kernel'],
+                 source.pose.variables['params']['head']['deconv']['kernel'])
+    assert moved(adapted.detector.variables['params']['roi_heads']['box_predictor']['cls_score']['kernel'],
+                 source.detector.variables['params']['roi_heads']['box_predictor']['cls_score']['kernel'])
