@@ -221,17 +221,30 @@ def test_proposals_are_the_same_set(network_and_variables, batch, golden):
         assert ours64.max() <= max(0.01, 2 * own64.max())
 
 
-@pytest.mark.slow  # A float64 forward pass compiles (about 30 s) and takes 4 GB: pytest -m slow.
-def test_float64_proposals_are_deeplabcuts_float64_set(network_and_variables, batch, golden):
+@pytest.mark.slow  # Two float64 forward passes compile (about 30 s each), 4 GB: pytest -m slow.
+def test_float64_proposals_and_targets_are_deeplabcuts(network_and_variables, batch, golden):
     """In float64, where the RPN's rounding noise is gone, our 2,000 proposals per image are
     DeepLabCut's float64 ones: one to one, every box within 1e-6 px (the float32 near-ties in
-    NMS and the large boxes' delta noise above do not arise)."""
+    NMS and the large boxes' delta noise above do not arise); and with its float64 draws the RPN
+    and RoI regression targets are identical (no float32 ``log`` in the way)."""
     g, g64, manifest = golden
     _, variables = network_and_variables
     with jax.enable_x64(True):
         b64 = {**batch, 'boxes': boxes_in(batch, g, np.float64)}
-        _, details = losses_and_details(DetectorNetwork(dtype=jnp.float64), variables, b64, manifest, None,
-                                        dtype=np.float64)
+        network = DetectorNetwork(dtype=jnp.float64)
+        _, details = losses_and_details(network, variables, b64, manifest, None, dtype=np.float64)
+        injected = injected_step(g64, 0, 2)
+        injected['proposals'] = injected['proposals'].astype(np.float64)
+        _, targets = losses_and_details(network, variables, b64, manifest, injected, dtype=np.float64)
+    for i in range(len(FRAMES)):
+        labels = g64[f'0/{i}/rpn_labels']
+        np.testing.assert_array_equal(targets['rpn_labels'][i], labels)
+        np.testing.assert_array_equal(targets['rpn_targets'][i][labels == 1], g64[f'0/{i}/rpn_targets'])
+        index = np.flatnonzero(g64[f'0/{i}/roi_pos'] | g64[f'0/{i}/roi_neg'])
+        positive = g64[f'0/{i}/sampled_labels'] > 0
+        np.testing.assert_array_equal(targets['roi_labels'][i][index], g64[f'0/{i}/sampled_labels'])
+        np.testing.assert_array_equal(targets['roi_targets'][i][index][positive],
+                                      g64[f'0/{i}/sampled_targets'][positive])
     for i in range(len(FRAMES)):
         exact = g64[f'0/{i}/native_proposals']
         ours = details['proposals'][i][:2000][details['proposal_valid'][i][:2000]]
