@@ -28,15 +28,18 @@ def bbox_from_keypoints(keypoints: np.ndarray, height: int, width: int, margin: 
     if not visible.any():
         return np.zeros(4)
     xy = keypoints[visible, :2]
-    box = np.concatenate([xy.min(axis=0) - margin, xy.max(axis=0) + margin])
-    box = np.clip(box, 0, [width, height, width, height])
-    return np.concatenate([box[:2], box[2:] - box[:2]])
+    return _clipped_xywh(np.concatenate([xy.min(axis=0) - margin, xy.max(axis=0) + margin]), height, width)
 
 
 def clip_box(bbox: np.ndarray, height: int, width: int) -> np.ndarray:
     """A COCO xywh box clipped to the frame (DeepLabCut's ``_compute_crop_bounds``): float64 xywh."""
     x, y, w, h = np.asarray(bbox, np.float64)
-    box = np.clip([x, y, x + w, y + h], 0, [width, height, width, height])
+    return _clipped_xywh(np.array([x, y, x + w, y + h]), height, width)
+
+
+def _clipped_xywh(xyxy: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An xyxy box clipped to a ``height`` x ``width`` frame, as COCO xywh."""
+    box = np.clip(xyxy, 0, [width, height, width, height])
     return np.concatenate([box[:2], box[2:] - box[:2]])
 
 
