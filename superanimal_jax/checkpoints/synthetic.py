@@ -135,7 +135,11 @@ def write_checkpoints(state: Mapping[str, np.ndarray], seed_path: str | Path, dl
         p.parent.mkdir(parents=True, exist_ok=True)
     torch.save({'model_state_dict': tensors(seed_state if seed_state is not None else state)},
                paths['seed'])
-    torch.save({'model': tensors(state), 'metadata': {'epoch': 200, 'metrics': {}, 'losses': {}}},
+    # Epoch 0, as the released files: DeepLabCut names adapted snapshots ``epoch + adaptation epochs``
+    # (``get_checkpoint_epoch`` in modelzoo/video_inference.py), and users' adapted TopViewMouse results
+    # are named ``..._snapshot-hrnet_w32-004_snapshot-fasterrcnn_resnet50_fpn_v2-004`` after the default 4
+    # epochs (public analysis scripts reading them); its runner also starts its lr schedule there.
+    torch.save({'model': tensors(state), 'metadata': {'epoch': 0, 'metrics': {}, 'losses': {}}},
                paths['dlc3'])
     return paths
 
