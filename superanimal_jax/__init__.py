@@ -2,15 +2,17 @@
 
 The public API.  The package is laid out by concern (``docs/architecture.md``): ``nn`` and
 ``models`` (networks), ``ops`` (box operations), ``transforms``, ``inference``, ``checkpoints``,
-``io``, ``analysis``, ``training``, plus ``parallel`` and ``cli``.
+``io``, ``analysis``, ``training``, ``adaptation``, plus ``parallel`` and ``cli``.
 """
 
 from superanimal_jax import parallel
+from superanimal_jax.adaptation.adapt import AdaptConfig, adapt_video
 from superanimal_jax.analysis.analyze import analyze_images, analyze_video, analyze_videos
 from superanimal_jax.checkpoints import hub, synthetic
 from superanimal_jax.checkpoints.convert import convert
 from superanimal_jax.constants import TOPVIEWMOUSE_KEYPOINTS
 from superanimal_jax.errors import (
+                                    AdaptationError,
                                     CheckpointError,
                                     ConversionError,
                                     HubError,
@@ -38,13 +40,12 @@ from superanimal_jax.transforms.normalize import normalize_crops
 from superanimal_jax.version import __version__
 
 __all__ = [
-    'CheckpointError', 'ConversionError', 'DLCRNetEstimator', 'Detector', 'DetectorAugmentation',
-    'DetectorTrainConfig', 'HubError', 'ModelDirError',
+    'AdaptConfig', 'AdaptationError', 'CheckpointError', 'ConversionError', 'DLCRNetEstimator', 'Detector',
+    'DetectorAugmentation', 'DetectorTrainConfig', 'HubError', 'ModelDirError',
     'NonFiniteLossError', 'PoseEstimator', 'ProjectError', 'SuperAnimalError', 'SuperAnimalModel',
     'TOPVIEWMOUSE_KEYPOINTS',
     'TrainAugmentation', 'TrainConfig', 'TruncatedVideoWarning', 'UnsafeCheckpointError', 'VideoError',
-    '__version__', 'analyze_images', 'analyze_video', 'analyze_videos', 'convert', 'decode_heatmaps',
-    'evaluate', 'fine_tune', 'fine_tune_detector', 'from_state_dicts', 'hub', 'load', 'normalize_crops',
-    'parallel',
-    'read_project', 'synthetic',
+    '__version__', 'adapt_video', 'analyze_images', 'analyze_video', 'analyze_videos', 'convert',
+    'decode_heatmaps', 'evaluate', 'fine_tune', 'fine_tune_detector', 'from_state_dicts', 'hub', 'load',
+    'normalize_crops', 'parallel', 'read_project', 'synthetic',
 ]

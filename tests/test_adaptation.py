@@ -6,6 +6,7 @@ Goldens: ``tests/reference/make_pseudo_label_fixtures.py`` (DeepLabCut 3.0.2's
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -244,3 +245,53 @@ def test_video_adaptation_end_to_end(adapt_model, tmp_path):
                  source.pose.variables['params']['head']['deconv']['kernel'])
     assert moved(adapted.detector.variables['params']['roi_heads']['box_predictor']['cls_score']['kernel'],
                  source.detector.variables['params']['roi_heads']['box_predictor']['cls_score']['kernel'])
+
+
+@pytest.mark.slow  # Three adaptations (first passes of the Faster R-CNN on CPU): minutes.
+def test_interrupted_adaptation_resumes_exactly(adapt_model, tmp_path, monkeypatch):
+    """Stopped in the middle of the pose stage and run again: the first pass is reused, training
+    resumes from its checkpoint, and the adapted model and results equal an uninterrupted run's
+    bit for bit; a rerun with other training settings is refused."""
+    import dataclasses
+
+    import pandas as pd
+
+    import superanimal_jax
+    from superanimal_jax.adaptation import adapt
+    from superanimal_jax.errors import AdaptationError
+
+    from fakes import write_video
+
+    video = write_video(tmp_path / 'clip.avi', 12)
+    config = adapt.AdaptConfig(bbox_threshold=0.0, pseudo_threshold=0.0, detector_epochs=0, pose_epochs=2,
+                               batch_size=2, workers=1)
+    options = {'max_individuals': 2, 'progress': False}
+    whole = adapt.adapt_video(video, adapt_model, tmp_path / 'whole', config, **options)
+
+    train_items = adapt.train_items
+
+    def stop_after_three_steps(*args, **kwargs):
+        def stop(step, metrics):
+            if step >= 3:
+                raise KeyboardInterrupt
+        return train_items(*args, callbacks=[stop], **kwargs)
+
+    out = tmp_path / 'resumed'
+    monkeypatch.setattr(adapt, 'train_items', stop_after_three_steps)
+    with pytest.raises(KeyboardInterrupt):
+        adapt.adapt_video(video, adapt_model, out, config, **options)
+    monkeypatch.undo()
+    assert not any('after_adapt' in p.name or 'snapshot' in p.name for p in out.iterdir())
+    checkpoints = sorted(p.name for p in (out / 'pseudo_clip' / 'pose' / 'checkpoints').iterdir())
+    assert checkpoints and not (out / 'pseudo_clip' / 'pose' / 'model').exists(), checkpoints
+    first_pass = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+
+    resumed = adapt.adapt_video(video, adapt_model, out, config, **options)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in first_pass} == first_pass
+    pd.testing.assert_frame_equal(pd.read_hdf(resumed['after']['h5']), pd.read_hdf(whole['after']['h5']))
+    ours = jax.tree_util.tree_leaves(superanimal_jax.load(resumed['model']).pose.variables)
+    reference = jax.tree_util.tree_leaves(superanimal_jax.load(whole['model']).pose.variables)
+    assert all(np.array_equal(a, b) for a, b in zip(ours, reference))
+
+    with pytest.raises(AdaptationError, match='other settings .*pose_epochs'):
+        adapt.adapt_video(video, adapt_model, out, dataclasses.replace(config, pose_epochs=3), **options)

@@ -15,11 +15,20 @@
 
 The adapted model directory is ``pseudo_<stem>/pose/model`` (``pseudo_<stem>/detector/model``:
 the adapted detector with the source pose network).
+
+Resuming: ``pseudo_<stem>/adaptation.json`` records the settings and the first pass's files
+(with their digests).  Run again after an interruption, with the same settings, an adaptation
+reuses a complete first pass, rebuilds the same pseudo-labels, resumes each training stage
+from its last checkpoint (a finished stage takes no step) and redoes the second pass: the
+results are those of an uninterrupted run.  With other settings it stops with an
+:class:`AdaptationError` instead of mixing two adaptations (DeepLabCut silently reuses its
+pseudo-labels and checkpoints when thresholds change).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -27,6 +36,7 @@ from superanimal_jax.adaptation.data import VideoFrames, detector_items, pose_it
 from superanimal_jax.adaptation.pseudo_labels import pseudo_labels, read_predictions
 from superanimal_jax.analysis.analyze import analyze_video
 from superanimal_jax.errors import AdaptationError
+from superanimal_jax.io.files import atomic_path, sha256
 from superanimal_jax.io.results import SUPERANIMAL_SCORER, output_folder
 from superanimal_jax.io.video import VideoReader
 from superanimal_jax.training.config import TrainConfig
@@ -68,6 +78,25 @@ def adapted_scorer(config: AdaptConfig) -> str:
     return f'{SUPER_ANIMAL}_{POSE_SNAPSHOT}-{config.pose_epochs:03d}_{detector}'
 
 
+def detector_train_config(config: AdaptConfig) -> DetectorTrainConfig:
+    """The detector's adaptation training: DeepLabCut's detector recipe with ``adaptation_train``'s
+    changes (batch and epochs from ``config``, a checkpoint each epoch, no evaluation) and a
+    constant learning rate (the released files are at epoch 0, far from the milestone at 90)."""
+    return DetectorTrainConfig(
+        epochs=config.detector_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        milestones=(), milestone_lrs=(), eval_interval=NEVER, save_interval=1, seed=config.seed,
+        workers=config.workers)
+
+
+def pose_train_config(config: AdaptConfig) -> TrainConfig:
+    """The pose model's adaptation training (as :func:`detector_train_config`; its milestones are at
+    160 and 190)."""
+    return TrainConfig(
+        epochs=config.pose_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        milestones=(), milestone_lrs=(), eval_interval=NEVER, save_interval=1, seed=config.seed,
+        workers=config.workers)
+
+
 def adapt_video(video: str | os.PathLike, model: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 config: AdaptConfig = AdaptConfig(), *, max_individuals: int = 10, batch_size: int = 8,
                 pcutoff: float = 0.1, labeled_video: bool = False, csv: bool = False, progress: bool = True,
@@ -84,12 +113,21 @@ def adapt_video(video: str | os.PathLike, model: str | os.PathLike, out_dir: str
     video = Path(video)
     reader = VideoReader(video)
     out_dir = output_folder(out_dir) if out_dir is not None else video.parent
+    folder = out_dir / f'pseudo_{video.stem}'
+    record = _Record(folder / 'adaptation.json')
     source = load(model)
     if source.detector is None or source.pose is None:
         raise AdaptationError(f'{model}: video adaptation needs a model with a detector and a pose network')
-    before = analyze_video(video, source, out_dir, max_individuals=max_individuals, batch_size=batch_size,
-                           pcutoff=pcutoff, bbox_threshold=config.bbox_threshold, labeled_video=labeled_video,
-                           csv=csv, progress=progress)
+    inputs = {'model': str(Path(model).absolute()), 'video': str(video.absolute()),
+              'video_bytes': video.stat().st_size, 'max_individuals': max_individuals}
+    first_pass = {**inputs, 'pcutoff': pcutoff, 'bbox_threshold': config.bbox_threshold,
+                  'labeled_video': labeled_video, 'csv': csv}
+    before = record.first_pass(first_pass)
+    if before is None:
+        before = analyze_video(video, source, out_dir, max_individuals=max_individuals, batch_size=batch_size,
+                               pcutoff=pcutoff, bbox_threshold=config.bbox_threshold,
+                               labeled_video=labeled_video, csv=csv, progress=progress)
+        record.save_first_pass(first_pass, before)
     labels = pseudo_labels(read_predictions(before['json']), (reader.height, reader.width),
                            source.keypoint_names, num_frames=len(reader) or None,
                            pose_threshold=config.pseudo_threshold, bbox_threshold=config.bbox_threshold,
@@ -98,30 +136,65 @@ def adapt_video(video: str | os.PathLike, model: str | os.PathLike, out_dir: str
         raise AdaptationError(f'no frame of {video} yields a pseudo-label (no box scores >= '
                               f'{config.bbox_threshold}): nothing to adapt to; check the video, or lower '
                               '--bbox-threshold')
-    folder = out_dir / f'pseudo_{video.stem}'
+    record.start_training({**inputs, **dataclasses.asdict(config), 'workers': None})
     json_paths = labels.write(folder)
     frames = VideoFrames(video, labels.frames)
     metadata = {'video': str(video.absolute()), 'pseudo_labels': str(json_paths['train'])}
     adapted = Path(model)
     if config.detector_epochs:
-        detector_config = DetectorTrainConfig(
-            epochs=config.detector_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-            milestones=(), milestone_lrs=(), eval_interval=NEVER, save_interval=1, seed=config.seed,
-            workers=config.workers)
-        run = train_detector(detector_items(labels), adapted, folder / 'detector', detector_config,
-                             read_image=frames, progress=progress, mesh=mesh, metadata=metadata,
-                             desc='adapt detector')
+        run = train_detector(detector_items(labels), adapted, folder / 'detector',
+                             detector_train_config(config), read_image=frames, progress=progress, mesh=mesh,
+                             metadata=metadata, desc='adapt detector')
         adapted = run['paths']['model']
     if config.pose_epochs:
-        pose_config = TrainConfig(
-            epochs=config.pose_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-            milestones=(), milestone_lrs=(), eval_interval=NEVER, save_interval=1, seed=config.seed,
-            workers=config.workers)
-        run = train_items(pose_items(labels), adapted, folder / 'pose', pose_config, read_image=frames,
-                          progress=progress, mesh=mesh, metadata=metadata, desc='adapt pose')
+        run = train_items(pose_items(labels), adapted, folder / 'pose', pose_train_config(config),
+                          read_image=frames, progress=progress, mesh=mesh, metadata=metadata,
+                          desc='adapt pose')
         adapted = run['paths']['model']
     after = analyze_video(video, load(adapted), out_dir, max_individuals=max_individuals,
                           batch_size=batch_size, pcutoff=pcutoff, bbox_threshold=config.bbox_threshold,
                           labeled_video=labeled_video, csv=csv, progress=progress,
                           scorer=adapted_scorer(config), stage='after_adapt')
     return {'before': before, 'after': after, 'pseudo_labels': json_paths, 'model': Path(adapted)}
+
+
+class _Record:
+    """``pseudo_<stem>/adaptation.json``: an adaptation's finished first pass and the settings its
+    training runs with, so that a rerun resumes it (module docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def first_pass(self, options: dict) -> dict[str, Path] | None:
+        """The recorded first pass's files if it ran with ``options`` and they are unchanged."""
+        done = self.data.get('first_pass')
+        if not done or done['options'] != options:
+            return None
+        paths = {kind: Path(p) for kind, p in done['files'].items()}
+        if all(p.is_file() and sha256(p) == done['sha256'][kind] for kind, p in paths.items()):
+            return paths
+        return None
+
+    def save_first_pass(self, options: dict, paths: dict[str, Path]) -> None:
+        files = {kind: str(Path(p).absolute()) for kind, p in paths.items()}
+        self.data['first_pass'] = {'options': options, 'files': files,
+                                   'sha256': {kind: sha256(p) for kind, p in files.items()}}
+        self._save()
+
+    def start_training(self, settings: dict) -> None:
+        """Record ``settings``; refuse if training with other settings already began here."""
+        old = self.data.get('training')
+        began = [name for name in ('detector', 'pose') if (self.path.parent / name).exists()]
+        if old is not None and old != settings and began:
+            changed = sorted(k for k in {*settings, *old} if settings.get(k) != old.get(k))
+            raise AdaptationError(
+                f'{self.path.parent} holds an adaptation trained with other settings ({", ".join(changed)}); '
+                'delete that folder to adapt again, or write to another --out folder')
+        self.data['training'] = settings
+        self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as temp:
+            temp.write_text(json.dumps(self.data, indent=1) + '\n')
