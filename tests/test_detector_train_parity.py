@@ -85,14 +85,14 @@ def network_and_variables(detector_variables):
     return DetectorNetwork(), detector_variables
 
 
-def injected_step(g: dict, s: int, num_gt: int) -> dict:
-    """The reference's draws (and proposals with ground truth appended) of step ``s``, as our
-    static-shape injection: proposals padded to 2000 + G rows, RoI samples to 512 slots in the
-    reference's order (ascending proposal index)."""
+def injected_step(g: dict, s: int, num_gt: int, frames: int = len(FRAMES)) -> dict:
+    """The reference's draws (and proposals with ground truth appended) of step ``s`` for each of
+    ``frames`` images, as our static-shape injection: proposals padded to 2000 + G rows, RoI
+    samples to 512 slots in the reference's order (ascending proposal index)."""
     size = 2000 + num_gt
     out = {k: [] for k in ('rpn_positive', 'rpn_negative', 'proposals', 'proposal_valid', 'roi_index',
                            'roi_positive', 'roi_valid')}
-    for i in range(len(FRAMES)):
+    for i in range(frames):
         p = f'{s}/{i}/'
         out['rpn_positive'].append(g[p + 'rpn_pos'])
         out['rpn_negative'].append(g[p + 'rpn_neg'])
