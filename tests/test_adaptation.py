@@ -295,3 +295,14 @@ def test_interrupted_adaptation_resumes_exactly(adapt_model, tmp_path, monkeypat
 
     with pytest.raises(AdaptationError, match='other settings .*pose_epochs'):
         adapt.adapt_video(video, adapt_model, out, dataclasses.replace(config, pose_epochs=3), **options)
+
+
+def test_a_stage_never_batches_more_than_its_items():
+    """As DeepLabCut's DataLoader: 3 pseudo-labelled frames train at batch 3, not 8 with 5 blanks;
+    rounded up to the devices of the mesh."""
+    from superanimal_jax.adaptation.adapt import stage_batch_size
+
+    assert stage_batch_size(8, 3) == 3
+    assert stage_batch_size(8, 30) == 8
+    assert stage_batch_size(8, 3, devices=4) == 4
+    assert stage_batch_size(8, 0) == 1

@@ -32,6 +32,7 @@ import json
 import os
 from pathlib import Path
 
+from superanimal_jax import parallel
 from superanimal_jax.adaptation.data import VideoFrames, detector_items, pose_items
 from superanimal_jax.adaptation.pseudo_labels import pseudo_labels, read_predictions
 from superanimal_jax.analysis.analyze import analyze_video
@@ -97,6 +98,14 @@ def pose_train_config(config: AdaptConfig) -> TrainConfig:
         workers=config.workers)
 
 
+def stage_batch_size(batch_size: int, num_items: int, devices: int = 1) -> int:
+    """A training stage's batch: ``batch_size``, but never more than its ``num_items`` (DeepLabCut's
+    DataLoader makes a batch of 3 from 3 pseudo-labelled frames; padding them to 8 would cost the
+    compute and memory of 8 for the same result), rounded up to a multiple of ``devices``."""
+    size = max(1, min(batch_size, num_items))
+    return -(-size // devices) * devices
+
+
 def adapt_video(video: str | os.PathLike, model: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 config: AdaptConfig = AdaptConfig(), *, max_individuals: int = 10, batch_size: int = 8,
                 pcutoff: float = 0.1, labeled_video: bool = False, csv: bool = False, progress: bool = True,
@@ -141,15 +150,20 @@ def adapt_video(video: str | os.PathLike, model: str | os.PathLike, out_dir: str
     frames = VideoFrames(video, labels.frames)
     metadata = {'video': str(video.absolute()), 'pseudo_labels': str(json_paths['train'])}
     adapted = Path(model)
+    devices = (mesh or parallel.global_mesh()).size
     if config.detector_epochs:
-        run = train_detector(detector_items(labels), adapted, folder / 'detector',
-                             detector_train_config(config), read_image=frames, progress=progress, mesh=mesh,
-                             metadata=metadata, desc='adapt detector')
+        items = detector_items(labels)
+        stage = dataclasses.replace(detector_train_config(config),
+                                    batch_size=stage_batch_size(config.batch_size, len(items), devices))
+        run = train_detector(items, adapted, folder / 'detector', stage, read_image=frames, progress=progress,
+                             mesh=mesh, metadata=metadata, desc='adapt detector')
         adapted = run['paths']['model']
     if config.pose_epochs:
-        run = train_items(pose_items(labels), adapted, folder / 'pose', pose_train_config(config),
-                          read_image=frames, progress=progress, mesh=mesh, metadata=metadata,
-                          desc='adapt pose')
+        items = pose_items(labels)
+        stage = dataclasses.replace(pose_train_config(config),
+                                    batch_size=stage_batch_size(config.batch_size, len(items), devices))
+        run = train_items(items, adapted, folder / 'pose', stage, read_image=frames, progress=progress,
+                          mesh=mesh, metadata=metadata, desc='adapt pose')
         adapted = run['paths']['model']
     after = analyze_video(video, load(adapted), out_dir, max_individuals=max_individuals,
                           batch_size=batch_size, pcutoff=pcutoff, bbox_threshold=config.bbox_threshold,
