@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+
 from superanimal_jax import parallel
 from superanimal_jax.training.data import DataConfig
 
@@ -62,3 +64,18 @@ def check_run_settings(config) -> None:
     for name in ('steps', 'save_interval_steps'):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ValueError(f'{name} must be >= 1, got {getattr(config, name)}')
+
+
+def training_mesh(batch_size: int, mesh=None):
+    """The mesh a training run uses (default: every device of every process), refused before
+    anything is written when ``batch_size`` does not split over its devices or it leaves out a
+    process (every process must take part in every step)."""
+    mesh = mesh or parallel.global_mesh()
+    if batch_size % mesh.size:
+        raise ValueError(f'batch size {batch_size} does not split over the {mesh.size} devices of the mesh: '
+                         f'use a multiple of {mesh.size}')
+    processes = sorted({d.process_index for d in mesh.devices.flat})
+    if processes != list(range(jax.process_count())):
+        raise ValueError(f'the training mesh must span every process (it spans processes {processes} of '
+                         f'{jax.process_count()})')
+    return mesh

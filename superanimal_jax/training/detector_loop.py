@@ -23,7 +23,7 @@ from superanimal_jax.inference.detector import Detector
 from superanimal_jax.io.images import read_image
 from superanimal_jax.models.detector import DetectorNetwork
 from superanimal_jax.training.checkpoints import RunCheckpoints
-from superanimal_jax.training.config import check_run_settings
+from superanimal_jax.training.config import check_run_settings, training_mesh
 from superanimal_jax.training.detector_data import (
     DetectorData,
     DetectorDataConfig,
@@ -83,7 +83,7 @@ def fine_tune_detector(project: str | Path | Project, model: str | Path, out: st
     reads).  Data parallel over ``mesh`` (default: every device); the batch size must be a
     multiple of its device count.  Returns the last evaluation, the state and the paths.
     """
-    mesh = _training_mesh(config, mesh)  # Settings refused before anything is written.
+    mesh = training_mesh(config.batch_size, mesh)  # Settings refused before anything is written.
     primary = jax.process_index() == 0
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -99,14 +99,6 @@ def fine_tune_detector(project: str | Path | Project, model: str | Path, out: st
     return {**result, 'split': split}
 
 
-def _training_mesh(config: DetectorTrainConfig, mesh):
-    mesh = mesh or parallel.global_mesh()
-    if config.batch_size % mesh.size:
-        raise ValueError(f'batch size {config.batch_size} does not split over the {mesh.size} devices of the '
-                         f'mesh: use a multiple of {mesh.size}')
-    return mesh
-
-
 def train_detector(items: Sequence[DetectorItem], model: str | Path, out: str | Path,
                    config: DetectorTrainConfig = DetectorTrainConfig(), *,
                    read_image: Callable[[str], np.ndarray] = read_image, test_truth: dict | None = None,
@@ -120,7 +112,7 @@ def train_detector(items: Sequence[DetectorItem], model: str | Path, out: str | 
 
     from superanimal_jax.inference.model import load
 
-    mesh = _training_mesh(config, mesh)
+    mesh = training_mesh(config.batch_size, mesh)
     primary = jax.process_index() == 0
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from superanimal_jax.inference.pose import PoseEstimator
 from superanimal_jax.io.images import read_image
 from superanimal_jax.models.pose import PoseNetwork
 from superanimal_jax.training.checkpoints import RunCheckpoints
-from superanimal_jax.training.config import TrainConfig
+from superanimal_jax.training.config import TrainConfig, training_mesh
 from superanimal_jax.training.data import Item, TrainData
 from superanimal_jax.training.evaluation import evaluate_frames, pseudo_labels
 from superanimal_jax.training.export import export_model
@@ -62,8 +62,7 @@ def train(project: str | Path | Project, model: str | Path, out: str | Path,
     block of every batch, and process 0 writes the files (orbax writes the checkpoints from
     all); ``out`` must be a folder every process sees.  A run may resume on another number of
     devices."""
-    mesh = mesh or parallel.global_mesh()
-    _check_mesh(mesh, config)
+    mesh = training_mesh(config.batch_size, mesh)
     primary = jax.process_index() == 0
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -81,8 +80,7 @@ def train_items(items: Sequence[Item], model: str | Path, out: str | Path,
     nothing).  The head is kept as it is (every model keypoint trains)."""
     from superanimal_jax.inference.model import load
 
-    mesh = mesh or parallel.global_mesh()
-    _check_mesh(mesh, config)
+    mesh = training_mesh(config.batch_size, mesh)
     primary = jax.process_index() == 0
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -183,16 +181,6 @@ def _fit(run: _Run, model, out: Path, config: TrainConfig, *, callbacks, progres
                       primary)
     multihost_utils.sync_global_devices('superanimal_jax.train: done')
     return {'metrics': record, 'state': state, 'paths': paths, 'task': run.task, 'split': run.split}
-
-
-def _check_mesh(mesh, config: TrainConfig) -> None:
-    if config.batch_size % mesh.size:
-        raise ValueError(f'batch size {config.batch_size} does not split over the {mesh.size} devices of the '
-                         f'mesh: use a multiple of {mesh.size}')
-    processes = sorted({d.process_index for d in mesh.devices.flat})
-    if processes != list(range(jax.process_count())):
-        raise ValueError(f'the training mesh must span every process (it spans processes {processes} of '
-                         f'{jax.process_count()})')
 
 
 def _prepare(project, model, out: Path, config: TrainConfig, primary: bool) -> _Run:
