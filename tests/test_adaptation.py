@@ -293,6 +293,12 @@ def test_interrupted_adaptation_resumes_exactly(adapt_model, tmp_path, monkeypat
     reference = jax.tree_util.tree_leaves(superanimal_jax.load(whole['model']).pose.variables)
     assert all(np.array_equal(a, b) for a, b in zip(ours, reference))
 
+    assert not (out / 'pseudo_clip' / 'pose' / 'checkpoints').exists()  # Dropped once the stage finished.
+    model = {p.name: p.stat().st_mtime_ns for p in resumed['model'].rglob('*')}
+    again = adapt.adapt_video(video, adapt_model, out, config, **options)  # Trains nothing.
+    assert again['model'] == resumed['model']
+    assert {p.name: p.stat().st_mtime_ns for p in resumed['model'].rglob('*')} == model
+
     with pytest.raises(AdaptationError, match='other settings .*pose_epochs'):
         adapt.adapt_video(video, adapt_model, out, dataclasses.replace(config, pose_epochs=3), **options)
 

@@ -17,9 +17,10 @@ The adapted model directory is ``pseudo_<stem>/pose/model`` (``pseudo_<stem>/det
 the adapted detector with the source pose network).
 
 Resuming: ``pseudo_<stem>/adaptation.json`` records the settings and the first pass's files
-(with their digests).  Run again after an interruption, with the same settings, an adaptation
-reuses a complete first pass, rebuilds the same pseudo-labels, resumes each training stage
-from its last checkpoint (a finished stage takes no step) and redoes the second pass: the
+(with their digests) and the finished training stages.  Run again after an interruption, with
+the same settings, an adaptation reuses a complete first pass, rebuilds the same pseudo-labels,
+reuses a finished stage's model directory, resumes an unfinished stage from its last checkpoint
+(each stage keeps only its latest, and drops it once finished) and redoes the second pass: the
 results are those of an uninterrupted run.  With other settings it stops with an
 :class:`AdaptationError` instead of mixing two adaptations (DeepLabCut silently reuses its
 pseudo-labels and checkpoints when thresholds change).
@@ -30,7 +31,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
+
+import jax
 
 from superanimal_jax import parallel
 from superanimal_jax.adaptation.data import VideoFrames, detector_items, pose_items
@@ -82,11 +86,12 @@ def adapted_scorer(config: AdaptConfig) -> str:
 def detector_train_config(config: AdaptConfig) -> DetectorTrainConfig:
     """The detector's adaptation training: DeepLabCut's detector recipe with ``adaptation_train``'s
     changes (batch and epochs from ``config``, a checkpoint each epoch, no evaluation) and a
-    constant learning rate (the released files are at epoch 0, far from the milestone at 90)."""
+    constant learning rate (the released files are at epoch 0, far from the milestone at 90).
+    Only the latest checkpoint is kept: it is all a resume needs."""
     return DetectorTrainConfig(
         epochs=config.detector_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        milestones=(), milestone_lrs=(), eval_interval=NEVER, save_interval=1, seed=config.seed,
-        workers=config.workers)
+        milestones=(), milestone_lrs=(), eval_interval=NEVER, save_interval=1, keep_checkpoints=1,
+        seed=config.seed, workers=config.workers)
 
 
 def pose_train_config(config: AdaptConfig) -> TrainConfig:
@@ -94,8 +99,8 @@ def pose_train_config(config: AdaptConfig) -> TrainConfig:
     160 and 190)."""
     return TrainConfig(
         epochs=config.pose_epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        milestones=(), milestone_lrs=(), eval_interval=NEVER, save_interval=1, seed=config.seed,
-        workers=config.workers)
+        milestones=(), milestone_lrs=(), eval_interval=NEVER, save_interval=1, keep_checkpoints=1,
+        seed=config.seed, workers=config.workers)
 
 
 def stage_batch_size(batch_size: int, num_items: int, devices: int = 1) -> int:
@@ -152,19 +157,26 @@ def adapt_video(video: str | os.PathLike, model: str | os.PathLike, out_dir: str
     adapted = Path(model)
     devices = (mesh or parallel.global_mesh()).size
     if config.detector_epochs:
-        items = detector_items(labels)
-        stage = dataclasses.replace(detector_train_config(config),
-                                    batch_size=stage_batch_size(config.batch_size, len(items), devices))
-        run = train_detector(items, adapted, folder / 'detector', stage, read_image=frames, progress=progress,
-                             mesh=mesh, metadata=metadata, desc='adapt detector')
-        adapted = run['paths']['model']
+        done = record.finished('detector')
+        if done is None:
+            items = detector_items(labels)
+            stage = dataclasses.replace(detector_train_config(config),
+                                        batch_size=stage_batch_size(config.batch_size, len(items), devices))
+            done = train_detector(items, adapted, folder / 'detector', stage, read_image=frames,
+                                  progress=progress, mesh=mesh, metadata=metadata,
+                                  desc='adapt detector')['paths']['model']
+            record.finish('detector', done)
+        adapted = done
     if config.pose_epochs:
-        items = pose_items(labels)
-        stage = dataclasses.replace(pose_train_config(config),
-                                    batch_size=stage_batch_size(config.batch_size, len(items), devices))
-        run = train_items(items, adapted, folder / 'pose', stage, read_image=frames, progress=progress,
-                          mesh=mesh, metadata=metadata, desc='adapt pose')
-        adapted = run['paths']['model']
+        done = record.finished('pose')
+        if done is None:
+            items = pose_items(labels)
+            stage = dataclasses.replace(pose_train_config(config),
+                                        batch_size=stage_batch_size(config.batch_size, len(items), devices))
+            done = train_items(items, adapted, folder / 'pose', stage, read_image=frames, progress=progress,
+                               mesh=mesh, metadata=metadata, desc='adapt pose')['paths']['model']
+            record.finish('pose', done)
+        adapted = done
     after = analyze_video(video, load(adapted), out_dir, max_individuals=max_individuals,
                           batch_size=batch_size, pcutoff=pcutoff, bbox_threshold=config.bbox_threshold,
                           labeled_video=labeled_video, csv=csv, progress=progress,
@@ -205,10 +217,27 @@ class _Record:
             raise AdaptationError(
                 f'{self.path.parent} holds an adaptation trained with other settings ({", ".join(changed)}); '
                 'delete that folder to adapt again, or write to another --out folder')
+        if old != settings:
+            self.data.pop('finished', None)
         self.data['training'] = settings
         self._save()
 
+    def finished(self, stage: str) -> Path | None:
+        """The adapted model directory of a stage that finished with the recorded settings."""
+        path = self.data.get('finished', {}).get(stage)
+        return Path(path) if path is not None and (Path(path) / 'metadata.json').is_file() else None
+
+    def finish(self, stage: str, model: Path) -> None:
+        """Record a finished stage, then drop its training checkpoints (parameters and Adam moments:
+        about 0.5 GB for the detector); a rerun uses the model directory."""
+        self.data.setdefault('finished', {})[stage] = str(Path(model).absolute())
+        self._save()
+        if jax.process_index() == 0:
+            shutil.rmtree(self.path.parent / stage / 'checkpoints', ignore_errors=True)
+
     def _save(self) -> None:
+        if jax.process_index():  # One writer: process 0.
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path) as temp:
             temp.write_text(json.dumps(self.data, indent=1) + '\n')
