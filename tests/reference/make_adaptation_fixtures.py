@@ -43,12 +43,12 @@ from pathlib import Path
 
 import numpy as np
 from make_detector_train_fixtures import Recorder, save_steps
+from make_pipeline_fixtures import VIDEO, write_clip
 from make_train_fixtures import recording_crops, store
 
-from _reference import DATA, ROOT, nhwc, synthetic
+from _reference import ROOT, nhwc, synthetic
 
 FIXTURES = ROOT / 'tests' / 'fixtures'
-VIDEO = DATA / 'videos' / 'm3v1mp4.mp4'
 CLIP_FRAMES = 30
 SETTINGS = {'max_individuals': 3, 'bbox_threshold': 0.6, 'pseudo_threshold': 0.3, 'batch_size': 8,
             'video_adapt_batch_size': 8, 'pose_epochs': 4, 'detector_epochs': 4, 'pcutoff': 0.1}
@@ -58,21 +58,6 @@ THREADS = 2
 
 class Recorded(Exception):
     """Stops ``video_inference_superanimal`` once both training calls are recorded."""
-
-
-def write_clip(path: Path) -> tuple[int, int]:
-    import cv2
-
-    capture = cv2.VideoCapture(str(VIDEO))
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    frames = [capture.read()[1] for _ in range(CLIP_FRAMES)]
-    capture.release()
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps, (width, height))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    return height, width
 
 
 def run_deeplabcut(tmp: Path) -> tuple[dict, list[dict]]:
@@ -85,7 +70,8 @@ def run_deeplabcut(tmp: Path) -> tuple[dict, list[dict]]:
     detector = synthetic.write_detector_checkpoints(state(FIXTURES, 'detector'), tmp / 'weights')['dlc3']
     video = tmp / 'videos' / 'clip.avi'
     video.parent.mkdir()
-    frame_size = write_clip(video)
+    clip = write_clip(video, CLIP_FRAMES)
+    frame_size = tuple(clip['size'][::-1])
     calls = []
 
     def record(**kwargs):
@@ -105,7 +91,7 @@ def run_deeplabcut(tmp: Path) -> tuple[dict, list[dict]]:
     finally:
         train_from_coco.train = train
     assert [str(c['task']) for c in calls] == ['Task.DETECT', 'Task.TOP_DOWN'], calls
-    return {'video': video, 'frame_size': frame_size, 'pose': pose, 'detector': detector}, calls
+    return {'video': video, 'frame_size': frame_size, 'clip': clip, 'pose': pose, 'detector': detector}, calls
 
 
 def runner_and_model(call: dict, detector: bool):
@@ -306,8 +292,8 @@ def main() -> None:
         np.savez_compressed(out / 'detector_step.npz', **detector_golden)
         manifest = {
             'made_by': 'tests/reference/make_adaptation_fixtures.py',
-            'clip': {'source': f'{DATA.name}/videos/{VIDEO.name}', 'frames': CLIP_FRAMES, 'codec': 'MJPG',
-                     'frame_size': list(run['frame_size'])},
+            'clip': {'source': f'{VIDEO.parent.parent.name}/videos/{VIDEO.name}',
+                     'frames': CLIP_FRAMES, 'codec': 'MJPG', 'frame_size': list(run['frame_size'])},
             'settings': SETTINGS, 'bodyparts': list(calls[1]['run_config']['metadata']['bodyparts']),
             'first_pass_files': written, 'pseudo_folder': sorted(p.name for p in pseudo.iterdir()),
             'pngs_written': len(list((pseudo / 'images').iterdir())),

@@ -40,11 +40,13 @@ def state(name: str) -> dict[str, np.ndarray]:
     return synthetic.fixture_state(FIXTURES, name)
 
 
-def write_clip(path: Path) -> dict:
+def write_clip(path: Path, count: int = CLIP_FRAMES) -> dict:
+    """The first ``count`` frames of the openfield video, MJPG re-encoded at ``path``: what was
+    written (size, fps, the decoded frames' digests)."""
     capture = cv2.VideoCapture(str(VIDEO))
     fps = capture.get(cv2.CAP_PROP_FPS)
     frames = []
-    for _ in range(CLIP_FRAMES):
+    for _ in range(count):
         ok, frame = capture.read()
         assert ok
         frames.append(frame)
@@ -61,9 +63,9 @@ def write_clip(path: Path) -> dict:
         if not ok:
             break
         digests.append(hashlib.sha256(frame.tobytes()).hexdigest())
-    assert len(digests) == CLIP_FRAMES, len(digests)
-    return {'frames': CLIP_FRAMES, 'fps': fps, 'size': [width, height], 'decoded_bgr_sha256': digests,
-            'source': 'first 8 frames of ../shared/data/openfield/videos/m3v1mp4.mp4, MJPG re-encoded'}
+    assert len(digests) == count, len(digests)
+    return {'frames': count, 'fps': fps, 'size': [width, height], 'decoded_bgr_sha256': digests,
+            'source': f'first {count} frames of ../shared/data/openfield/videos/m3v1mp4.mp4, MJPG re-encoded'}
 
 
 def main() -> None:
