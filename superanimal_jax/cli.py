@@ -81,7 +81,7 @@ def _analyze(args) -> int:
     images = [p for p in inputs if p not in videos]
     if args.video_adapt:
         return _video_adapt(args, videos, images)
-    model = superanimal_jax.load(_model_dir(args), dtype=args.dtype)
+    model = superanimal_jax.load(_model_dir(args), dtype=args.dtype, precision=args.precision)
     network = model.network(args.network)
     if images and network == 'dlcrnet':
         raise ValueError('the DLCRNet analyses videos (DeepLabCut\'s SuperAnimal TF path is video-only); '
@@ -111,6 +111,9 @@ def _video_adapt(args, videos, images) -> int:
     if args.network == 'dlcrnet' or args.scales is not None or args.start or args.stop is not None:
         raise ValueError('--video-adapt runs the top-down model on whole videos: no --network dlcrnet, '
                          '--scales, --start or --stop')
+    if args.dtype != 'float32' or args.precision not in (None, 'highest'):
+        raise ValueError("--video-adapt trains and predicts in float32 at the highest precision, as "
+                         'DeepLabCut does: no --dtype bfloat16 or --precision')
     config = AdaptConfig(pseudo_threshold=args.pseudo_threshold, bbox_threshold=args.bbox_threshold,
                          detector_epochs=args.detector_epochs, pose_epochs=args.pose_epochs,
                          batch_size=args.adapt_batch_size)
@@ -212,10 +215,18 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _add_scaling_options(command) -> None:
-    group = command.add_argument_group('devices and hosts (see README, "Scaling out")')
+def _add_scaling_options(command, *, precision: bool = True) -> None:
+    group = command.add_argument_group('devices and hosts (see README, "Scaling out" and "Performance")')
     group.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
                        help='compute dtype (weights and BatchNorm statistics stay float32; default float32)')
+    if precision:
+        group.add_argument('--precision', choices=('highest', 'high', 'default'),
+                           help='matmul/convolution precision: highest (the default for float32: '
+                           "DeepLabCut's float32 results on any backend) or the backend's faster default "
+                           '(TF32 on recent NVIDIA GPUs, bfloat16 passes on TPUs; the default for bfloat16)')
+    group.add_argument('--compilation-cache', metavar='DIR|off',
+                       help='folder keeping compiled programs between runs, or off (default: '
+                       '$SUPERANIMAL_JAX_CACHE, else ~/.cache/superanimal-jax/jax)')
     group.add_argument('--coordinator', metavar='HOST:PORT',
                        help="multi-host: process 0's address, on every host ('auto': JAX's cluster detection "
                        'on Cloud TPU, SLURM, Open MPI); or SUPERANIMAL_JAX_COORDINATOR')
@@ -327,7 +338,7 @@ def _train_command(commands) -> None:
     fit.add_argument('--drop-unlabeled', action='store_true', help='leave out frames without any label')
     fit.add_argument('--seed', type=int, default=42)
     fit.add_argument('--workers', type=int, default=2, metavar='N', help='host threads preparing batches')
-    _add_scaling_options(fit)
+    _add_scaling_options(fit, precision=False)
     fit.set_defaults(run=_train)
 
 
@@ -353,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == 'convert' and not (args.pose or args.detector or args.dlcrnet):
         parser.error('convert needs --pose, --detector and/or --dlcrnet')
     try:
+        if getattr(args, 'compilation_cache', None):
+            from superanimal_jax import compilation
+
+            compilation.use_compilation_cache(args.compilation_cache)
         return args.run(args)
     except KeyboardInterrupt:
         if args.command == 'train':

@@ -13,19 +13,20 @@ import jax
 import numpy as np
 import pytest
 
-from superanimal_jax.checkpoints import synthetic
-
-FIXTURES = Path(__file__).parent / 'fixtures'
-
-jax.config.update('jax_default_matmul_precision', 'highest')
 # One compilation cache for the whole run (fresh each run): programs that several tests build
 # anew (the same network behind a new jitted function, the same tiny train step in several
-# fine-tuning tests and their subprocesses) compile once.
+# fine-tuning tests and their subprocesses) compile once.  Set before the package is imported,
+# which keeps a cache JAX already has instead of its default under ~/.cache.
 COMPILATION_CACHE = Path(tempfile.mkdtemp(prefix='saj-jax-cache-'))
 os.environ['JAX_COMPILATION_CACHE_DIR'] = str(COMPILATION_CACHE)
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 jax.config.update('jax_compilation_cache_dir', str(COMPILATION_CACHE))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_default_matmul_precision', 'highest')
+
+from superanimal_jax.checkpoints import synthetic  # noqa: E402
+
+FIXTURES = Path(__file__).parent / 'fixtures'
 
 
 # -- Which versions the goldens were made with ------------------------------------------------

@@ -65,10 +65,10 @@ class ThresholdDetector:
         return {'boxes': jnp.asarray(boxes), 'scores': jnp.asarray(scores), 'valid': jnp.asarray(valid)}
 
 
-def tiny_pose(seed: int = 0) -> PoseEstimator:
+def tiny_pose(seed: int = 0, **options) -> PoseEstimator:
     config = POSE_VARIANTS['hrnet_tiny']
     variables = PoseNetwork(config).init(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)))
-    return PoseEstimator(config, variables, keypoint_names=BODYPARTS)
+    return PoseEstimator(config, variables, keypoint_names=BODYPARTS, **options)
 
 
 def tiny_model(detector=None) -> SuperAnimalModel:

@@ -22,7 +22,7 @@ PACKAGE = ROOT / 'superanimal_jax'
 # Bottom first; a module may import from its own layer and any layer below.
 LAYERS = [
     {'constants', 'errors', 'version'},
-    {'parallel', 'io', 'ops'},
+    {'parallel', 'compilation', 'io', 'ops'},
     {'nn', 'transforms'},
     {'models'},
     {'checkpoints'},

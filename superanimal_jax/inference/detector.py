@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superanimal_jax import parallel
+from superanimal_jax import compilation, parallel
 from superanimal_jax.models import roi_heads, rpn
 from superanimal_jax.models.detector import DetectorNetwork
 from superanimal_jax.nn.fpn import LEVELS
@@ -31,13 +31,15 @@ class Detector:
     Frames are split across ``mesh`` (default: every device of this process), the weights
     replicated; a batch that does not split evenly is padded with black frames whose outputs are
     dropped.  ``dtype`` is the networks' compute dtype; box arithmetic (decoding, NMS, RoIAlign
-    coordinates) stays float32 whatever it is.
+    coordinates) stays float32 whatever it is.  ``precision``: that of the networks' matmuls and
+    convolutions, as for :class:`superanimal_jax.PoseEstimator`.
     """
 
     def __init__(self, variables, *, num_classes: int = 2, score_threshold: float = 0.6, dtype=jnp.float32,
                  nms_method: str = 'cpu', torch_version: str = detector_input.DEFAULT_TORCH_VERSION,
-                 mesh=None):
+                 mesh=None, precision: str | None = None):
         self.dtype = parallel.compute_dtype(dtype)
+        self.precision = compilation.resolve_precision(precision, self.dtype)
         self.network = DetectorNetwork(num_classes, dtype=self.dtype)
         # Which torch CPU resize arithmetic to reproduce (see detector_input.DEFAULT_TORCH_VERSION).
         self.torch_version = torch_version
@@ -45,9 +47,13 @@ class Detector:
         self.variables = parallel.put_replicated(variables, self.mesh)
         self.score_threshold = score_threshold
         self.nms_method = nms_method
-        self._features = jax.jit(lambda v, x: self.network.apply(v, x, method='features'))
-        self._classify = jax.jit(lambda v, r: self.network.apply(v, r, method='classify'))
-        self._detect = jax.jit(self._detect_batch, static_argnames=('max_detections', 'with_taps'))
+        self._features = self._jit(lambda v, x: self.network.apply(v, x, method='features'))
+        self._classify = self._jit(lambda v, r: self.network.apply(v, r, method='classify'))
+        self._detect = self._jit(self._detect_batch, static_argnames=('max_detections', 'with_taps'))
+
+    def _jit(self, fn, **options):
+        return compilation.jit(compilation.with_precision(fn, self.precision), 'detector',
+                               self.mesh.devices.flat, **options)
 
     def with_variables(self, variables) -> Detector:
         """The same compiled detector with other weights (e.g. while fine-tuning): nothing recompiles."""

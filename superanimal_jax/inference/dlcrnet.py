@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superanimal_jax import parallel
+from superanimal_jax import compilation, parallel
 from superanimal_jax.inference.topdown import check_frames
 from superanimal_jax.models.pose_resnet import PoseResnetConfig, best_peaks, network
 from superanimal_jax.transforms import scales as scales_lib
@@ -32,12 +32,13 @@ class DLCRNetEstimator:
     pixels), likelihood, float64, exactly as DeepLabCut lays them out (NaN where a joint has no
     prediction).  ``scales`` (default ``[H - 50, H, H + 50]``) are the heights each frame is seen
     at.  Each (scale, frame size, batch size) compiles once; batches are split across ``mesh``
-    (default: every device of this process).  ``dtype``: compute dtype (weights stay float32).
+    (default: every device of this process).  ``dtype``: compute dtype (weights stay float32);
+    ``precision``: that of its matmuls and convolutions, as for :class:`superanimal_jax.PoseEstimator`.
     """
 
     def __init__(self, config: PoseResnetConfig, variables, *, keypoint_names=None,
                  snapshot: str = 'snapshot-0', dtype=jnp.float32, mesh=None, nms_radius: int = 5,
-                 sigma: float = 1.0, min_confidence: float = 0.01):
+                 sigma: float = 1.0, min_confidence: float = 0.01, precision: str | None = None):
         self.config = config
         self.keypoint_names = tuple(keypoint_names or ())
         if self.keypoint_names and len(self.keypoint_names) != config.num_joints:
@@ -45,6 +46,7 @@ class DLCRNetEstimator:
                              f'{config.num_joints}-joint model')
         self.snapshot = snapshot
         self.dtype = parallel.compute_dtype(dtype)
+        self.precision = compilation.resolve_precision(precision, self.dtype)
         self.network = network(config, self.dtype)
         self.mesh = parallel.check_local(mesh or parallel.local_mesh())
         self.variables = parallel.put_replicated(variables, self.mesh)
@@ -54,8 +56,8 @@ class DLCRNetEstimator:
             out = self.network.apply(v, frames.astype(jnp.float32))
             return best_peaks(out['scmap'], out.get('locref'), **options)
 
-        self._peaks = jax.jit(peaks)
-        self._taps = jax.jit(self.network.apply)
+        self._peaks = jax.jit(compilation.with_precision(peaks, self.precision))
+        self._taps = jax.jit(compilation.with_precision(self.network.apply, self.precision))
 
     @property
     def scorer(self) -> str:

@@ -82,12 +82,17 @@ class SuperAnimalModel:
         return self._pipelines[max_individuals].predict(frames, batch_size=batch_size)
 
 
-def load(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> SuperAnimalModel:
+def load(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None, precision: str | None = None
+         ) -> SuperAnimalModel:
     """Load a directory written by :func:`superanimal_jax.convert`.
 
     ``dtype``: the compute dtype of both networks (``'float32'`` or ``'bfloat16'``; weights and
     BatchNorm statistics stay float32).  ``mesh``: the devices that share each batch (default:
-    every device of this process; see :mod:`superanimal_jax.parallel`)."""
+    every device of this process; see :mod:`superanimal_jax.parallel`).  ``precision``: that of
+    the matmuls and convolutions, ``'highest'`` (the default for float32: full float32 on any
+    backend, what the parity tests measure), ``'high'`` or ``'default'`` (the backend's own: TF32
+    on recent NVIDIA GPUs, bfloat16 passes on TPUs; the default for bfloat16)."""
+    options = dict(dtype=dtype, mesh=mesh, precision=precision)
     metadata = model_dir.read_metadata(path)
     pose = None
     if 'pose' in metadata:
@@ -99,8 +104,7 @@ def load(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> SuperAnima
         if 'num_keypoints' in section:  # A fine-tuned model predicts its project's keypoints.
             config = dataclasses.replace(config, num_keypoints=int(section['num_keypoints']))
         variables = model_dir.read_variables(path, 'pose', variables_shape(config))
-        pose = PoseEstimator(config, variables, keypoint_names=section.get('keypoints'), dtype=dtype,
-                             mesh=mesh)
+        pose = PoseEstimator(config, variables, keypoint_names=section.get('keypoints'), **options)
     detector = None
     if 'detector' in metadata:
         section = metadata['detector']
@@ -110,14 +114,14 @@ def load(path: str | os.PathLike, *, dtype=jnp.float32, mesh=None) -> SuperAnima
                                 f'known: {sorted(DETECTOR_VARIANTS)}')
         num_classes = int(section.get('num_classes', DETECTOR_VARIANTS[variant]))
         variables = model_dir.read_variables(path, 'detector', detector_variables_shape(num_classes))
-        detector = Detector(variables, num_classes=num_classes, dtype=dtype, mesh=mesh)
-    dlcrnet = _load_dlcrnet(path, metadata['dlcrnet'], dtype, mesh) if 'dlcrnet' in metadata else None
+        detector = Detector(variables, num_classes=num_classes, **options)
+    dlcrnet = _load_dlcrnet(path, metadata['dlcrnet'], options) if 'dlcrnet' in metadata else None
     if pose is None and detector is None and dlcrnet is None:
         raise ModelDirError(f'{path}: the model directory holds no network')
     return SuperAnimalModel(pose=pose, metadata=metadata, detector=detector, dlcrnet=dlcrnet)
 
 
-def _load_dlcrnet(path, section: dict, dtype, mesh) -> DLCRNetEstimator:
+def _load_dlcrnet(path, section: dict, options: dict) -> DLCRNetEstimator:
     architecture = section.get('architecture')
     if architecture not in ('pose_resnet_50', 'dlcrnet_ms5'):
         raise ModelDirError(f'{path}: unknown DLCRNet architecture {architecture!r}')
@@ -130,17 +134,18 @@ def _load_dlcrnet(path, section: dict, dtype, mesh) -> DLCRNetEstimator:
     except (KeyError, TypeError, ValueError) as err:
         raise ModelDirError(f'{path}: the dlcrnet section of metadata.json is incomplete ({err!r})') from None
     variables = model_dir.read_variables(path, 'dlcrnet', pose_resnet_variables_shape(config))
-    return DLCRNetEstimator(config, variables, keypoint_names=names, snapshot=snapshot, dtype=dtype,
-                            mesh=mesh)
+    return DLCRNetEstimator(config, variables, keypoint_names=names, snapshot=snapshot, **options)
 
 
 def from_state_dicts(pose=None, detector=None, *, dlcrnet=None, pose_variant: str = 'hrnet_w32',
                      keypoint_names=None, snapshot: str = 'snapshot-0', dtype=jnp.float32,
-                     mesh=None) -> SuperAnimalModel:
+                     mesh=None, precision: str | None = None) -> SuperAnimalModel:
     """A model from state dicts already in memory (name -> numpy array), converted by the same rule
     tables as files: PyTorch ``pose`` / ``detector`` (either released key layout) and/or the
     DLCRNet's TensorFlow variables (``dlcrnet``, named as in its checkpoint; ``snapshot`` names its
-    results as DeepLabCut would).  No model directory, nothing written."""
+    results as DeepLabCut would).  No model directory, nothing written.  ``dtype``, ``mesh`` and
+    ``precision`` as for :func:`load`."""
+    options = dict(dtype=dtype, mesh=mesh, precision=precision)
     from superanimal_jax.checkpoints.convert import (
         convert_detector_state,
         convert_dlcrnet_state,
@@ -158,14 +163,13 @@ def from_state_dicts(pose=None, detector=None, *, dlcrnet=None, pose_variant: st
         if len(names) != config.num_keypoints:
             raise ValueError(f'{len(names)} keypoint names for a {config.num_keypoints}-keypoint model')
         variables, _ = convert_pose_state(pose, pose_variant)
-        estimator = PoseEstimator(config, variables, dtype=dtype, mesh=mesh, keypoint_names=names)
+        estimator = PoseEstimator(config, variables, keypoint_names=names, **options)
     if detector is not None:
-        found = Detector(convert_detector_state(detector)[0], dtype=dtype, mesh=mesh)
+        found = Detector(convert_detector_state(detector)[0], **options)
     if dlcrnet is not None:
         variables, config, _ = convert_dlcrnet_state(dlcrnet)
         names = keypoint_names if pose is None and keypoint_names else model_dir.default_joint_names(
             config.num_joints)
-        network = DLCRNetEstimator(config, variables, keypoint_names=names, snapshot=snapshot, dtype=dtype,
-                                   mesh=mesh)
+        network = DLCRNetEstimator(config, variables, keypoint_names=names, snapshot=snapshot, **options)
     return SuperAnimalModel(pose=estimator, metadata={'source': 'state dicts in memory'}, detector=found,
                             dlcrnet=network)

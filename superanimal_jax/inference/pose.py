@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superanimal_jax import parallel
+from superanimal_jax import compilation, parallel
 from superanimal_jax.models.pose import PoseConfig, PoseNetwork, decode_heatmaps
 from superanimal_jax.transforms.normalize import normalize_crops
 
@@ -23,21 +23,29 @@ class PoseEstimator:
     Batches are split across ``mesh`` (default: every device of this process), the weights
     replicated on each; a batch that does not split evenly is padded (the padding's outputs are
     dropped).  ``dtype`` is the compute dtype (``float32`` or ``bfloat16``); weights stay float32.
+    ``precision`` (``'highest'``, ``'high'`` or ``'default'``) is that of its matmuls and
+    convolutions; the default is ``'highest'`` for float32, DeepLabCut's float32 results on any
+    backend (:mod:`superanimal_jax.compilation`).
     """
 
-    def __init__(self, config: PoseConfig, variables, *, keypoint_names=None, dtype=jnp.float32, mesh=None):
+    def __init__(self, config: PoseConfig, variables, *, keypoint_names=None, dtype=jnp.float32, mesh=None,
+                 precision: str | None = None):
         self.config = config
         self.keypoint_names = tuple(keypoint_names or ())
         self.dtype = parallel.compute_dtype(dtype)
+        self.precision = compilation.resolve_precision(precision, self.dtype)
         self.network = PoseNetwork(config, dtype=self.dtype)
         self.mesh = parallel.check_local(mesh or parallel.local_mesh())
         self.variables = parallel.put_replicated(variables, self.mesh)
-        self._taps = jax.jit(self.network.apply)
-        self._heatmaps = jax.jit(lambda v, x: self.network.apply(v, x)['heatmaps'])
-        self._keypoints = jax.jit(
+        self._taps = self._jit(self.network.apply)
+        self._heatmaps = self._jit(lambda v, x: self.network.apply(v, x)['heatmaps'])
+        self._keypoints = self._jit(
             lambda v, x: decode_heatmaps(self.network.apply(v, x)['heatmaps'], config.stride))
-        self._keypoints_uint8 = jax.jit(lambda v, x: decode_heatmaps(
+        self._keypoints_uint8 = self._jit(lambda v, x: decode_heatmaps(
             self.network.apply(v, normalize_crops(x))['heatmaps'], config.stride))
+
+    def _jit(self, fn):
+        return compilation.jit(compilation.with_precision(fn, self.precision), 'pose', self.mesh.devices.flat)
 
     def with_variables(self, variables) -> PoseEstimator:
         """The same compiled model with other weights (e.g. while fine-tuning): nothing recompiles."""

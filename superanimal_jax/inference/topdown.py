@@ -93,18 +93,34 @@ def keypoints_in_frames(pose, frames, owners, boxes, *, crop_size=(256, 256),
     keypoints in frame pixels.
 
     DeepLabCut's steps: square crops with context (uint8, black padding), the pose model
-    (``pose.keypoints_uint8``) in fixed chunks of ``chunk`` crops (the last padded: one compiled
-    shape), keypoints mapped back by ``xy * scale + offset``.  The one top-down path: the
-    pipeline, evaluation and pseudo-labelling all run it.
+    (``pose.keypoints_uint8``) in pieces of at most ``chunk`` crops (:func:`pose_pieces`: a few
+    compiled shapes, less than 2x padding), keypoints mapped back by ``xy * scale + offset``.
+    The one top-down path: the pipeline, evaluation and pseudo-labelling all run it.
     """
     windows = crops_lib.crop_windows(np.asarray(boxes, np.float32).reshape(-1, 4), crop_size)
     crops = np.stack([crops_lib.crop(frames[f], w, crop_size) for f, w in zip(owners, windows)])
-    n, padded = len(crops), -(-len(crops) // chunk) * chunk
-    crops = parallel.pad_batch(crops, padded)
-    parts = [pose.keypoints_uint8(crops[i:i + chunk]) for i in range(0, padded, chunk)]  # Async.
-    keypoints = np.concatenate(jax.device_get(parts))[:n]
+    parts, counts, start = [], [], 0
+    for size in pose_pieces(len(crops), chunk):
+        piece = crops[start:start + size]
+        parts.append(pose.keypoints_uint8(parallel.pad_batch(piece, size)))  # Async.
+        counts.append(len(piece))
+        start += size
+    keypoints = np.concatenate([p[:c] for p, c in zip(jax.device_get(parts), counts)])
     scales, offsets = crops_lib.scales_and_offsets(windows, crop_size)
     return crops_lib.to_frame(keypoints, scales, offsets)
+
+
+def pose_pieces(n: int, chunk: int) -> list[int]:
+    """The batch sizes that run ``n`` crops: full chunks of ``chunk``, then the rest padded to the
+    next power of two (or ``chunk`` if that is smaller).  So at most ``log2(chunk) + 2`` shapes
+    ever compile, and the padding is always less than the rest it pads."""
+    if chunk < 1:
+        raise ValueError(f'chunk must be >= 1, got {chunk}')
+    pieces = [chunk] * (n // chunk)
+    rest = n % chunk
+    if rest:
+        pieces.append(min(chunk, 1 << (rest - 1).bit_length()))
+    return pieces
 
 
 def pose_on_boxes(pose, frames, boxes, *, crop_size=(256, 256), chunk: int = 32) -> list[np.ndarray]:
