@@ -53,6 +53,22 @@ def side_by_side(ours, theirs, repeats: int, items: int, unit: str) -> dict:
     return row
 
 
+def in_turn(calls: dict, repeats: int, items: int, unit: str) -> dict:
+    """Each of ``calls`` (name -> a call that blocks until its results are ready; None: skipped)
+    taken in turn ``repeats`` times, after the callers' warm-up: per name, ``<name>_<unit>_per_s``
+    (from the median) and ``<name>_times_s``."""
+    calls = {name: call for name, call in calls.items() if call is not None}
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            times[name].append(timed(call))
+    row = {}
+    for name, seconds in times.items():
+        row[f'{name}_{unit}_per_s'] = items / statistics.median(seconds)
+        row[f'{name}_times_s'] = seconds
+    return row
+
+
 def describe(row: dict, unit: str) -> str:
     text = f"ours {row[f'ours_{unit}_per_s']:.2f} {unit}/s"
     if 'ratio' in row:

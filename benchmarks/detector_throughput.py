@@ -9,8 +9,9 @@ Run inside the reference environment (it has both stacks):
 Both sides get the test suite's synthetic detector weights (BatchNorm calibrated, a realistic
 handful of detections) and the same uint8 RGB frames.  Each timed call is the whole detector
 stage from uint8 frames: DeepLabCut's Normalize + its detector forward (torchvision's transform,
-backbone, RPN, RoI heads, post-processing) vs our jitted ``Detector.detect``.  Calls alternate;
-medians over ``--repeats``; our first call (trace + compile) is reported separately.  With
+backbone, RPN, RoI heads, post-processing) vs our jitted ``Detector.detect`` as the product runs
+it, and ``ours_before``: the same function jitted with XLA's defaults, as before issue 17.  Calls go
+in turn; medians over ``--repeats``; our first calls (trace + compile) are reported separately.  With
 ``--dtypes float32 bfloat16`` ours runs at both compute dtypes (DeepLabCut's stays float32); the
 batch sizes are split over every local device.
 """
@@ -34,7 +35,7 @@ from superanimal_jax.checkpoints import synthetic  # noqa: E402
 from superanimal_jax.checkpoints.convert import convert_detector_state  # noqa: E402
 from superanimal_jax.inference.detector import Detector  # noqa: E402
 
-from _common import describe, side_by_side, timed, write_report  # noqa: E402
+from _common import describe, in_turn, timed, write_report  # noqa: E402
 
 FIXTURES = ROOT / 'tests' / 'fixtures'
 
@@ -74,7 +75,12 @@ def main() -> None:
     for dtype, batch in [(d, b) for d in args.dtypes for b in args.batch_sizes]:
         detector = Detector(variables, dtype=dtype)
         frames = np.concatenate([openfield] * (batch // 2 + 1))[:batch]
-        compile_s = timed(lambda: jax.block_until_ready(detector.detect(frames)))
+        before = jax.jit(detector._detect_batch, static_argnames=('max_detections', 'with_taps'))
+        ours = lambda: jax.block_until_ready(detector.detect(frames))  # noqa: E731
+        ours_before = lambda: jax.block_until_ready(  # noqa: E731
+            before(detector.variables, frames, max_detections=100, with_taps=False))
+        compile_s = timed(ours)
+        compile_before_s = timed(ours_before)
         theirs = None
         if reference is not None:
             def theirs():
@@ -83,14 +89,18 @@ def main() -> None:
                     return reference(x.contiguous())
 
             theirs()  # Warm-up.
-        jax.block_until_ready(detector.detect(frames))
+        ours()
         row = {'batch': batch, 'dtype': dtype, 'devices': detector.mesh.size,
-               'frame': list(frames.shape[1:3]), 'compile_s': compile_s,
-               **side_by_side(lambda: jax.block_until_ready(detector.detect(frames)), theirs,
-                              args.repeats, batch, 'frames')}
+               'frame': list(frames.shape[1:3]), 'compile_s': compile_s, 'compile_before_s': compile_before_s,
+               **in_turn({'ours': ours, 'ours_before': ours_before, 'deeplabcut': theirs}, args.repeats,
+                         batch, 'frames')}
+        if theirs is not None:
+            row['ratio'] = row['ours_frames_per_s'] / row['deeplabcut_frames_per_s']
+            row['ratio_before'] = row['ours_before_frames_per_s'] / row['deeplabcut_frames_per_s']
         results.append(row)
-        print(f'{dtype} batch {batch} at {frames.shape[2]}x{frames.shape[1]}: {describe(row, "frames")} '
-              f'(compile {compile_s:.1f} s)', flush=True)
+        print(f'{dtype} batch {batch} at {frames.shape[2]}x{frames.shape[1]}: {describe(row, "frames")}; '
+              f"before {row['ours_before_frames_per_s']:.3f} frames/s (compile {compile_s:.1f} s, "
+              f'before {compile_before_s:.1f} s)', flush=True)
     write_report('detector_throughput', results, args.out, args.tag)
 
 

@@ -8,10 +8,12 @@ Run inside the reference environment (it has both stacks; see ../shared/referenc
         .ref/bin/python benchmarks/pose_throughput.py --tag ynn                # an XLA CPU variant
     python benchmarks/pose_throughput.py --dtypes float32 bfloat16        # GPU, ours only if no .ref
 
-Both models get the same weights (DeepLabCut's PoseModel initialisation, converted).  Calls
-alternate ours / theirs; each figure is the median over ``--repeats`` timed calls after one warm-up,
-our first call (trace + compile) is reported separately.  CPU threads: torch gets as many as XLA
-uses (all cores).  Results go to ``benchmarks/results/`` as JSON.
+Both models get the same weights (DeepLabCut's PoseModel initialisation, converted).  Ours is
+:class:`superanimal_jax.PoseEstimator` as the product runs it (its XLA:CPU options, its precision);
+``ours_before`` is the same network jitted with XLA's defaults, as before issue 17.  Calls go in
+turn (ours, before, theirs); each figure is the median over ``--repeats`` timed calls after one
+warm-up; our first call (trace + compile) is reported separately.  CPU threads: torch gets as
+many as XLA uses (all cores).  Results go to ``benchmarks/results/`` as JSON.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from superanimal_jax.checkpoints.convert import convert_pose_state  # noqa: E402
+from superanimal_jax.inference.pose import PoseEstimator  # noqa: E402
 from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork  # noqa: E402
 
-from _common import describe, side_by_side, timed, write_report  # noqa: E402
+from _common import describe, in_turn, timed, write_report  # noqa: E402
 
 
 def deeplabcut_model():
@@ -82,13 +85,17 @@ def main() -> None:
     rng = np.random.default_rng(0)
     results = []
     for dtype in args.dtypes:
+        estimator = PoseEstimator(POSE_VARIANTS['hrnet_w32'], variables, dtype=dtype)
         network = PoseNetwork(POSE_VARIANTS['hrnet_w32'], dtype=jnp.dtype(dtype))
-        forward = jax.jit(lambda v, x: network.apply(v, x)['heatmaps'])
+        before = jax.jit(lambda v, x: network.apply(v, x)['heatmaps'])
         for batch in args.batch_sizes:
             x = rng.standard_normal((batch, 256, 256, 3)).astype(np.float32)
             x_dev = jax.device_put(x)
-            compile_s = timed(lambda: forward(variables, x_dev).block_until_ready())
-            forward(variables, x_dev).block_until_ready()
+            forward = lambda: estimator.heatmaps(x_dev).block_until_ready()  # noqa: E731
+            forward_before = lambda: before(variables, x_dev).block_until_ready()  # noqa: E731
+            compile_s = timed(forward)
+            compile_before_s = timed(forward_before)
+            forward()
             torch_call = None
             if torch_model is not None:
                 xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(torch_device)
@@ -103,12 +110,16 @@ def main() -> None:
                     return out
 
                 torch_call()  # Warm-up.
+            calls = {'ours': forward, 'ours_before': forward_before, 'deeplabcut': torch_call}
             row = {'dtype': dtype, 'batch': batch, 'compile_s': compile_s,
-                   **side_by_side(lambda: forward(variables, x_dev).block_until_ready(), torch_call,
-                                  args.repeats, batch, 'crops')}
+                   'compile_before_s': compile_before_s, **in_turn(calls, args.repeats, batch, 'crops')}
+            if torch_call is not None:
+                row['ratio'] = row['ours_crops_per_s'] / row['deeplabcut_crops_per_s']
+                row['ratio_before'] = row['ours_before_crops_per_s'] / row['deeplabcut_crops_per_s']
             results.append(row)
-            print(f'{dtype} batch {batch}: {describe(row, "crops")} (compile {compile_s:.1f} s)',
-                  flush=True)
+            before_speed = row['ours_before_crops_per_s']
+            print(f'{dtype} batch {batch}: {describe(row, "crops")}; before {before_speed:.2f} crops/s'
+                  f' (compile {compile_s:.1f} s, before {compile_before_s:.1f} s)', flush=True)
     write_report('pose_throughput', results, args.out, args.tag)
 
 

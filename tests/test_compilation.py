@@ -127,18 +127,21 @@ def test_precision_defaults_follow_the_dtype_and_bad_values_are_refused():
         fakes.tiny_pose(precision='fast')
 
 
-def test_pose_pieces_pad_less_than_twofold_with_few_shapes():
+def test_pose_pieces_pad_little_with_few_shapes():
     assert pose_pieces(0, 32) == []
     assert pose_pieces(1, 32) == [1]
     assert pose_pieces(8, 32) == [8]
-    assert pose_pieces(12, 32) == [16]
-    assert pose_pieces(33, 32) == [32, 1]
-    assert pose_pieces(70, 32) == [32, 32, 8]
-    assert pose_pieces(20, 24) == [24]  # A chunk that is not a power of two caps the rest.
+    assert pose_pieces(24, 32) == [16, 8]  # Three mice at batch 8: no padding.
+    assert pose_pieces(13, 32) == [8, 8]
+    assert pose_pieces(70, 32) == [32, 32, 4, 2]
+    assert pose_pieces(20, 24) == [16, 4]  # A chunk that is not a power of two.
+    assert pose_pieces(23, 24) == [16, 8]
     shapes = set()
     for n in range(1, 200):
         pieces = pose_pieces(n, 32)
-        assert sum(pieces) - n < max(n % 32, 1)
+        rest = n % 32
+        assert pieces[:n // 32] == [32] * (n // 32) and len(pieces) - n // 32 <= 2
+        assert sum(pieces) - n < max(rest, 1) / 3
         shapes.update(pieces)
     assert shapes == {1, 2, 4, 8, 16, 32}
     with pytest.raises(ValueError, match='chunk must be >= 1'):
@@ -162,8 +165,8 @@ def test_keypoints_in_frames_runs_pieces_and_keeps_every_crop():
     owners = np.array([0, 1, 1, 2, 3, 3, 3])
     boxes = np.array([[5 + i, 4 + i, 30, 20] for i in range(7)], np.float32)
     pose = RecordingPose()
-    pieced = keypoints_in_frames(pose, frames, owners, boxes, crop_size=(64, 64), chunk=4)
-    assert pose.sizes == [4, 4]  # 7 crops: a full chunk of 4, then 3 padded to 4.
+    pieced = keypoints_in_frames(pose, frames, owners, boxes, crop_size=(64, 64), chunk=8)
+    assert pose.sizes == [4, 4]  # 7 crops: 4, then 3 padded to 4 (the padding's results dropped).
     one = RecordingPose()
     alone = np.concatenate([keypoints_in_frames(one, frames, owners[i:i + 1], boxes[i:i + 1],
                                                 crop_size=(64, 64), chunk=4) for i in range(7)])
