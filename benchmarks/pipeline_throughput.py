@@ -8,13 +8,13 @@ Run inside the reference environment with our package added (README, "Benchmarks
 
 The clip is the first ``--frames`` frames of the openfield video (640x480, MJPG re-encoded).
 Both sides get the same ``--max-individuals`` and ``--batch-size`` (DeepLabCut's ``batch_size``
-and ``detector_batch_size``).  Each timed call analyses the whole clip and writes its h5/json (no
-labeled video).  DeepLabCut's call includes building its two models from the snapshot files (it
-does so on every call); ours uses a model loaded and compiled beforehand (load and first-call
-compile, and whether the compilation cache was warm, are reported apart).  The synthetic
-detector finds more than 3 boxes in every frame, so each setting runs pose on exactly
-``max_individuals`` crops a frame on both sides.  The host-side crop cost (OpenCV) of our pipeline
-is measured on its own.
+and ``detector_batch_size``; ``--deeplabcut-batch-size 1`` gives it its own defaults instead).
+Each timed call analyses the whole clip and writes its h5/json (no labeled video).  DeepLabCut's
+call includes building its two models from the snapshot files (it does so on every call); ours
+uses a model loaded and compiled beforehand (load and first-call compile, and the compilation
+cache in use, are reported apart).  The synthetic detector finds more than 3 boxes in every
+frame, so each setting runs pose on exactly ``max_individuals`` crops a frame on both sides.  The
+host-side crop cost (OpenCV) of our pipeline is measured on its own.
 """
 
 from __future__ import annotations
@@ -52,9 +52,14 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=2)
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--max-individuals', type=int, nargs='+', default=[1, 3])
+    parser.add_argument('--deeplabcut-batch-size', type=int,
+                        help="DeepLabCut's batch_size and detector_batch_size (default: --batch-size; its "
+                        'own default is 1)')
     parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results')
+    parser.add_argument('--tag', default='', help='suffix for the result file')
     args = parser.parse_args()
     torch.set_num_threads(2)
+    theirs_batch = args.deeplabcut_batch_size or args.batch_size
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -80,10 +85,11 @@ def main() -> None:
                     detector_name='fasterrcnn_resnet50_fpn_v2', customized_pose_checkpoint=str(pose),
                     customized_detector_checkpoint=str(detector), dest_folder=str(theirs_dir),
                     video_adapt=False, create_labeled_video=False, device='cpu', max_individuals=individuals,
-                    batch_size=args.batch_size, detector_batch_size=args.batch_size)
+                    batch_size=theirs_batch, detector_batch_size=theirs_batch)
 
             row = side_by_side(ours, theirs, args.repeats, args.frames, 'frames')
-            row.update({'frames': args.frames, 'batch_size': args.batch_size, 'max_individuals': individuals,
+            row.update({'frames': args.frames, 'batch_size': args.batch_size,
+                        'deeplabcut_batch_size': theirs_batch, 'max_individuals': individuals,
                         'convert_and_load_s': load_s, 'first_call_with_compile_s': first_s,
                         'compilation_cache': jax.config.jax_compilation_cache_dir
                         if jax.config.jax_enable_compilation_cache else None,
@@ -101,7 +107,7 @@ def main() -> None:
         for row in rows:
             row['host_crop_ms_per_crop'] = host_ms
         print(f'host crops {host_ms:.3f} ms each')
-    write_report('pipeline_throughput', rows, args.out)
+    write_report('pipeline_throughput', rows, args.out, args.tag)
 
 
 def found_per_frame(folder: Path) -> float:

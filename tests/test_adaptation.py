@@ -186,6 +186,8 @@ def test_video_adapt_refuses_images_and_frame_ranges(tmp_path, capsys):
     assert 'adapts to videos, not images' in capsys.readouterr().err
     assert cli.main(['analyze', str(video), '--video-adapt', '--start', '1', *model]) == 2
     assert 'no --network dlcrnet, --scales, --start or --stop' in capsys.readouterr().err
+    assert cli.main(['analyze', str(video), '--video-adapt', '--precision', 'default', *model]) == 2
+    assert 'float32 at the highest precision, as DeepLabCut does' in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ['clip.avi', 'frame.png']
 
 

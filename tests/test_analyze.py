@@ -255,7 +255,7 @@ def test_cli_makes_the_output_folder_and_refuses_a_file(model, video, tmp_path, 
     from superanimal_jax import cli
 
     loads = []
-    monkeypatch.setattr(superanimal_jax, 'load', lambda *a, **k: loads.append(a) or model)
+    monkeypatch.setattr(superanimal_jax, 'load', lambda *a, **k: loads.append(k) or model)
     blocker = tmp_path / 'file'
     blocker.write_text('')
     assert cli.main(['analyze', str(video), '--model', str(tmp_path), '--out', str(blocker),
@@ -263,6 +263,7 @@ def test_cli_makes_the_output_folder_and_refuses_a_file(model, video, tmp_path, 
     assert 'is a file, not a folder' in capsys.readouterr().err and not loads  # Before the model loads.
     out = tmp_path / 'new' / 'folder'
     assert cli.main(['analyze', str(video), '--model', str(tmp_path), '--out', str(out),
-                     '--max-individuals', str(M)]) == 0
+                     '--max-individuals', str(M), '--precision', 'default']) == 0
+    assert loads == [{'dtype': 'float32', 'precision': 'default'}]
     assert listing(out) == sorted([f'clip_{SUPERANIMAL_SCORER}.h5',
                                    f'clip_{SUPERANIMAL_SCORER}_before_adapt.json'])
