@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -46,6 +44,7 @@ from superanimal_jax.models.pose import POSE_VARIANTS, PoseNetwork, decode_heatm
 from superanimal_jax.nn import hrnet, layers, resnet  # noqa: E402
 from superanimal_jax.transforms.normalize import normalize_crops  # noqa: E402
 
+import _common  # noqa: E402
 from _common import write_report  # noqa: E402
 
 FIXTURES = ROOT / 'tests' / 'fixtures'
@@ -82,18 +81,16 @@ def batch_norm_as_bias():
 
 
 def timed(fn) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
+    """Seconds until ``fn()``'s results are ready."""
+    return _common.timed(lambda: jax.block_until_ready(fn()))
 
 
 def alternate(calls: dict, repeats: int) -> dict:
     """Median seconds of each call, the calls taken in turn ``repeats`` times (after a warm-up)."""
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            times[name].append(timed(call))
-    return {name: {'median_s': statistics.median(t), 'times_s': t} for name, t in times.items()}
+    blocking = {name: lambda call=call: jax.block_until_ready(call()) for name, call in calls.items()}
+    row = _common.in_turn(blocking, repeats, 1, 'call')
+    return {name: {'median_s': 1 / row[f'{name}_call_per_s'], 'times_s': row[f'{name}_times_s']}
+            for name in calls}
 
 
 def pose_rows(batch: int, repeats: int) -> list[dict]:
